@@ -1,0 +1,212 @@
+"""Side-by-side cost of the attack engine (not a test; prints ratios measured in one run).
+
+    PYTHONPATH=. python benchmarks/bench_attacks.py [--size 96] [--iters 40] [--batch 4] [--threads 1]
+
+Rows (same model, same batch, same process):
+1. ASMA cost per iteration vs the floor (one forward + one input-gradient backward).
+2. Early-stopped ASMA (efficient schedule) vs ``paper_exact`` (two forwards, fixed count):
+   time to reach the target IoU.
+3. Peak memory of ASMA vs batch size (CUDA: max_memory_allocated; CPU: peak-RSS growth in a
+   fresh subprocess per batch size, since tracemalloc does not see torch's allocator).
+
+Model: ``lightning_seg.models.build_model("unet", width=8, depth=3)`` when available, else a
+small U-Net-like conv net defined here, trained for a few seconds on synthetic disks (a random
+net barely depends on its input); the ASMA target is another image's clean prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+from lightning_seg.attacks import asma
+from lightning_seg.attacks.measure import per_image_iou
+
+
+class SmallUNet(nn.Module):
+    def __init__(self, c: int = 8, k: int = 2) -> None:
+        super().__init__()
+        self.e1 = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.e2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU())
+        self.up = nn.ConvTranspose2d(2 * c, c, 2, stride=2)
+        self.d1 = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, k, 1))
+
+    def forward(self, x):
+        a = self.e1(x)
+        return self.d1(torch.cat([a, self.up(self.e2(a))], 1))
+
+
+def get_model() -> tuple[nn.Module, str]:
+    try:
+        from lightning_seg.models import build_model
+
+        return build_model("unet", width=8, depth=3), "lightning_seg UNet(width=8, depth=3)"
+    except Exception as exc:  # noqa: BLE001 - fall back to the local net whatever the reason
+        return SmallUNet(), f"local SmallUNet ({type(exc).__name__})"
+
+
+def disks(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic lesions: a brighter, reddish disk on a noisy background; label = the disk."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = torch.rand(n, 2, generator=gen) * size * 0.5 + size * 0.25
+    r = torch.rand(n, generator=gen) * size * 0.15 + size * 0.1
+    lab = ((yy - c[:, :1, None]) ** 2 + (xx - c[:, 1:, None]) ** 2 <= r[:, None, None] ** 2).long()
+    x = 0.35 + 0.1 * torch.rand(n, 3, size, size, generator=gen)
+    x = x + lab[:, None] * torch.tensor([0.3, 0.1, 0.05]).view(1, 3, 1, 1)
+    return x.clamp(0, 1), lab
+
+
+def train_quick(model: nn.Module, size: int, dev: torch.device, steps: int = 60) -> None:
+    """A few Adam steps so the network actually depends on its input (seconds on CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        x, y = disks(8, size, gen)
+        loss = nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        sync(dev)
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def floor_step(model, x, t):
+    d = torch.zeros_like(x, requires_grad=True)
+    z = model(x + d)
+    (g,) = torch.autograd.grad(z.gather(1, t.unsqueeze(1)).sum(), d)
+    return g
+
+
+def peak_memory(batch: int, size: int, dev: torch.device) -> float:
+    """Peak memory (MB) of 5 ASMA iterations at ``batch``.
+
+    CUDA: max_memory_allocated. CPU: a fresh subprocess per batch size reports the growth of
+    its peak RSS (ru_maxrss) across the attack, after a warm-up forward (tracemalloc cannot see
+    torch's allocator)."""
+    if dev.type == "cuda":
+        model, _ = get_model()
+        model = model.to(dev).eval()
+        xb = torch.rand(batch, 3, size, size, device=dev)
+        tb = torch.randint(0, 2, (batch, size, size), device=dev)
+        torch.cuda.reset_peak_memory_stats()
+        asma(model, xb, tb, tau=1e-4, max_iter=5)
+        return torch.cuda.max_memory_allocated() / 2**20
+    out = subprocess.run([sys.executable, __file__, "--mem-child", str(batch), "--size", str(size)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def mem_child(batch: int, size: int) -> None:
+    torch.set_num_threads(1)
+    model, _ = get_model()
+    model.eval()  # memory does not depend on the weights
+    xb = torch.rand(batch, 3, size, size)
+    tb = torch.randint(0, 2, (batch, size, size))
+    with torch.no_grad():
+        model(xb[:1])  # warm-up: allocator and kernels
+    try:  # reset the peak-RSS counter (Linux >= 4.0); fall back to ru_maxrss otherwise
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = _status_kib("VmRSS")
+    asma(model, xb, tb, tau=1e-4, max_iter=5)
+    after = _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) / 1024)
+
+
+def _status_kib(key: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mem-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mem_child:
+        mem_child(args.mem_child, args.size)
+        return
+    torch.set_num_threads(args.threads)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model, desc = get_model()
+    B, S, n = args.batch, args.size, args.iters
+    model = model.to(dev)
+    train_quick(model, S, dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, _ = disks(B, S, torch.Generator().manual_seed(1))
+    x = x.to(dev)
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+    t = clean.roll(1, 0)  # ASMA protocol: another image's (predicted) mask as target
+    print(f"device={dev} model={desc} batch={B} size={S} iters={n} threads={torch.get_num_threads()}")
+
+    # 1. per-iteration cost vs the floor
+    t_floor = timed(lambda: [floor_step(model, x, t) for _ in range(n)], dev) / n
+    t_eff = timed(lambda: asma(model, x, t, tau=1e-4, beta=1e-4, max_iter=n), dev) / n
+    t_pap = timed(lambda: asma(model, x, t, tau=1e-4, beta=1e-4, max_iter=n, paper_exact=True), dev) / n
+    print("\n[1] cost per iteration (batch of %d)" % B)
+    print(f"  floor (1 fwd + 1 input-grad bwd) {t_floor * 1e3:8.2f} ms   1.00x")
+    print(f"  asma efficient                   {t_eff * 1e3:8.2f} ms   {t_eff / t_floor:.2f}x")
+    print(f"  asma paper_exact                 {t_pap * 1e3:8.2f} ms   {t_pap / t_floor:.2f}x")
+
+    # 2. time to target: early stop vs the paper's fixed schedule. The target IoU is what the
+    # paper schedule reaches on every image (random nets reach different levels), minus 0.05.
+    kw = dict(step="normalized", step_size=2.0, max_iter=4 * n)
+    t_paper = timed(lambda: asma(model, x, t, paper_exact=True, **kw), dev, repeats=2)
+    r_paper = asma(model, x, t, paper_exact=True, **kw)
+    thr = max(float(r_paper.iou.min()) - 0.05, 0.0)
+    r_early = asma(model, x, t, iou_threshold=thr, **kw)
+    t_early = timed(lambda: asma(model, x, t, iou_threshold=thr, **kw), dev, repeats=2)
+    print(f"\n[2] time to target IoU >= {thr:.2f} (normalized step 2.0, clean IoU {per_image_iou(clean, t).mean():.2f})")
+    print(f"  paper_exact  : {t_paper:7.3f} s  final IoU {[round(v, 2) for v in r_paper.iou.tolist()]}  "
+          f"iters {4 * n}, fwd {r_paper.forwards}")
+    print(f"  early-stopped: {t_early:7.3f} s  success {r_early.success.float().mean():.2f}  "
+          f"iters/img {r_early.iterations.tolist()}, fwd {r_early.forwards}")
+    print(f"  ratio paper/early = {t_paper / t_early:.2f}x")
+
+    # 3. peak memory vs batch size
+    print("\n[3] peak memory of 5 ASMA iterations vs batch size")
+    base = None
+    for b in (1, 4, 16):
+        mb = peak_memory(b, S, dev)
+        base = base or max(mb, 1e-6)
+        print(f"  batch {b:3d}: {mb:8.1f} MB   {mb / base:.2f}x of batch 1")
+
+
+if __name__ == "__main__":
+    main()

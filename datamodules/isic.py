@@ -1,0 +1,22 @@
+"""ISIC skin-lesion segmentation: real ISIC 2016/2017/2018 Task 1 folders or the embedded synthetic set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datamodules.base import Pair, SegmentationDataModule
+
+
+class ISICDataModule(SegmentationDataModule):
+    name = "isic"
+    tasks = ("lesion",)
+
+    def synthetic_pair(self, index: int) -> Pair:
+        from datamodules.synthetic import synth_isic
+
+        return synth_isic(index, seed=self.data_seed, size=self.image_size)
+
+    def discover(self, root: Path):
+        from datamodules.layouts import discover_isic
+
+        return discover_isic(root, self.layout, **self.options)

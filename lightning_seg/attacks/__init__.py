@@ -1,0 +1,50 @@
+"""Adversarial attacks on segmentation models: batched pure functions returning an
+:class:`AttackResult`, typed configs and the ``ATTACKS`` name registry.
+
+Contract: ``fn(model, images [B,C,H,W] in [0,1], labels long [B,h,w], *, mask=None,
+perturbation_mask=None, **hyper) -> AttackResult``; models return logits [B,K,h,w]
+(1-channel sigmoid heads are converted to ``[0, z]``). Attacks run in eval mode with frozen
+parameters and restore the model's state afterwards (see :mod:`lightning_seg.attacks.guard`).
+"""
+
+from __future__ import annotations
+
+from lightning_seg.attacks._common import parse_fraction
+from lightning_seg.attacks.asma import asm, asma, ssm
+from lightning_seg.attacks.config import (
+    ATTACKS,
+    CONFIGS,
+    AsmaConfig,
+    AsmConfig,
+    Attack,
+    CosPgdConfig,
+    DagConfig,
+    FgsmConfig,
+    PgdConfig,
+    SegPgdConfig,
+    SsmConfig,
+    UniversalAttack,
+    UpConfig,
+    build_attack,
+)
+from lightning_seg.attacks.cospgd import cospgd
+from lightning_seg.attacks.dag import dag
+from lightning_seg.attacks.guard import AttackContext, attack_guard
+from lightning_seg.attacks.measure import apsr, binary_logits, l2_norm, linf_norm, per_image_iou, pixel_accuracy
+from lightning_seg.attacks.pgd import fgsm, pgd
+from lightning_seg.attacks.result import AttackResult
+from lightning_seg.attacks.segpgd import segpgd
+from lightning_seg.attacks.universal import (
+    UniversalPerturbation,
+    hide_class_target,
+    universal_attack,
+    universal_perturbation,
+)
+
+__all__ = [
+    "ATTACKS", "CONFIGS", "AsmConfig", "AsmaConfig", "Attack", "AttackContext", "AttackResult", "CosPgdConfig",
+    "DagConfig", "FgsmConfig", "PgdConfig", "SegPgdConfig", "SsmConfig", "UniversalAttack", "UniversalPerturbation",
+    "UpConfig", "apsr", "asm", "asma", "attack_guard", "binary_logits", "build_attack", "cospgd", "dag", "fgsm",
+    "hide_class_target", "l2_norm", "linf_norm", "parse_fraction", "per_image_iou", "pgd", "pixel_accuracy",
+    "segpgd", "ssm", "universal_attack", "universal_perturbation",
+]

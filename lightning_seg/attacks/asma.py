@@ -1,0 +1,250 @@
+"""ASMA: Adaptive Segmentation Mask Attack (Ozbulak, Van Messem, De Neve, MICCAI 2019,
+arXiv 1907.13124), with the SSM / ASM / DPM switches. Equations as restated in REFERENCE 2.1.1.
+
+One image, logits g(x) [K,h,w], target Y, prediction P = argmax_c g(x):
+
+* Eq. 2 (SSM + adaptive mask): ``L_pred(x) = sum_c sum_p g_c(x)_p 1[Y_p = c] 1[P_p != c]``.
+  ``adaptive_mask=False`` drops the factor ``1[P_p != c]`` (plain SSM).
+* Objective (maximised): ``J(x) = L_pred(x) - ||x - x0||_2^2`` (squared L2 over the whole input).
+* Eq. 3 (update): ``x_{k+1} = clip_[0,1](x_k + mu_k grad_x J(x_k))``, raw gradient (no sign,
+  no normalisation) for ``step="raw"``.
+* DPM: ``mu_0 = tau``, ``mu_{k+1} = beta * IoU(argmax g(x_{k+1}), Y) + tau``; with
+  ``dynamic_multiplier=False`` mu = tau throughout.
+
+Variants: ``ssm`` (no ASM, no DPM), ``asm`` (ASM, fixed mu), ``asma`` (both).
+
+Differences from the reference code and adv_lib, deliberately not reproduced: the logit term
+and the multiplier are per image (adv_lib sums logits over the batch, i.e. a step multiplied
+by B, and pools IoU over the batch); IoU(empty, empty) = 1 instead of NaN; multi-class IoU is
+the mean over classes present in target ∪ prediction.
+
+Schedules:
+
+* efficient (default): ONE forward per iteration. The forward at x_k yields the gradient and
+  the prediction; IoU(x_k) drives mu_k (k >= 1) and the early stop. This equals the reference
+  schedule up to the clamp (the reference measures IoU on the unclamped x_k before clipping).
+  Images whose IoU reaches ``iou_threshold`` are frozen (their delta no longer changes) and
+  every ``check_every`` iterations the active sub-batch is shrunk (one host sync per check,
+  none per step); the loop ends when no image is active.
+* ``paper_exact=True``: the original loop: fixed ``max_iter`` iterations, a second forward per
+  iteration on the updated *unclamped* image to get the IoU for the next multiplier, and the
+  statistics the reference prints (IoU, pixel accuracy, L2, Linf) taken before the clamp; they
+  are returned in ``extras["paper_stats"]``. The main result fields are always computed on
+  the final clamped ``adv``. Cost: 2 forwards + 1 backward per iteration instead of 1 + 1.
+
+Returned iterate: the final one (for early-stopped images: the first iterate whose IoU reached
+the threshold). ``return_best=True`` instead returns, per image, the smallest-L2 iterate whose
+IoU reached the success threshold (falling back to the final iterate); with the ASM the L2 term
+can still shrink delta after the threshold is reached, which is when this helps.
+
+Step multiplier units: tau/beta multiply the raw logit gradient, so they depend on the model,
+logit scale, resolution and number of active pixels and are not transferable across models
+(REFERENCE 1.2). ``step="normalized"`` uses ``step_size * (mu_i / tau) * g_i / ||g_i||_2`` per
+image: a scale-free step of length ``step_size`` (L2, [0,1] units) at IoU 0 that keeps the
+DPM's relative growth (up to (beta + tau) / tau).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_seg.attacks._common import check_inputs, check_output, finish, per_image, project_box
+from lightning_seg.attacks.guard import AttackContext, attack_guard
+from lightning_seg.attacks.measure import l2_norm, linf_norm, per_image_iou, pixel_accuracy
+from lightning_seg.attacks.result import AttackResult
+
+
+def _asma_loss(z: Tensor, targets: Tensor, mask: Tensor, delta: Tensor, adaptive_mask: bool, l2_weight: float) -> tuple[Tensor, Tensor]:
+    """Per-image J (Eq. 2 minus the squared L2 term) and the prediction."""
+    pred = z.argmax(1)
+    active = mask & (pred != targets) if adaptive_mask else mask
+    zt = z.gather(1, targets.unsqueeze(1)).squeeze(1)
+    logit_term = (zt * active).flatten(1).sum(1)
+    return logit_term - l2_weight * delta.flatten(1).pow(2).sum(1), pred
+
+
+def _step(g: Tensor, mu: Tensor, step: str, step_size: float, tau: float) -> Tensor:
+    if step == "raw":
+        return per_image(mu) * g
+    norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return per_image(step_size * (mu / tau) / norm) * g
+
+
+def asma(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    mask: Tensor | None = None,
+    perturbation_mask: Tensor | None = None,
+    adaptive_mask: bool = True,
+    dynamic_multiplier: bool = True,
+    tau: float = 1e-7,
+    beta: float = 1e-6,
+    max_iter: int = 2501,
+    iou_threshold: float | None = None,
+    success_threshold: float = 0.99,
+    step: Literal["raw", "normalized"] = "raw",
+    step_size: float = 0.05,
+    l2_weight: float = 1.0,
+    paper_exact: bool = False,
+    return_best: bool = False,
+    check_every: int = 10,
+) -> AttackResult:
+    """Targeted ASMA / ASM / SSM attack (Ozbulak et al. 2019, Eq. 1-3; see module docstring).
+
+    Args:
+        model: maps images [B,C,H,W] in [0,1] to logits [B,K,h,w] (1-channel heads -> [0, z]).
+            h,w may differ from H,W (valid convolutions); ``targets``/``mask`` must be [B,h,w].
+        images: [B,C,H,W] float in [0,1] (not modified).
+        targets: [B,h,w] long target masks.
+        mask: [B,h,w] bool pixels that count (None = all).
+        perturbation_mask: [B|1, 1|C, H, W] where the input may change (1) or not (0).
+        adaptive_mask: ASM switch (factor 1[P != Y] in Eq. 2).
+        dynamic_multiplier: DPM switch (mu = beta * IoU + tau, per image).
+        tau, beta: multiplier constants (paper defaults 1e-7, 1e-6; raw-gradient units).
+        max_iter: iteration budget (paper 2501).
+        iou_threshold: per-image early stop when IoU(pred, target) >= threshold; None = run all.
+        success_threshold: success criterion IoU >= this when ``iou_threshold`` is None.
+        step: "raw" (faithful) or "normalized" (scale-free, see module docstring).
+        step_size: L2 step length for ``step="normalized"``.
+        l2_weight: weight of the squared-L2 term (1 in the paper).
+        paper_exact: reproduce the original two-forward schedule (no early stop allowed).
+        return_best: return the smallest-L2 iterate that reached the success threshold.
+        check_every: iterations between active-batch shrinks (one host sync each).
+
+    Returns:
+        AttackResult (targeted=True; iou/pixel_acc vs ``targets``; success = IoU >= threshold).
+    """
+    if step not in ("raw", "normalized"):
+        raise ValueError(f"step must be 'raw' or 'normalized', got {step!r}")
+    if max_iter < 0 or check_every < 1:
+        raise ValueError("max_iter must be >= 0 and check_every >= 1")
+    if paper_exact and iou_threshold is not None:
+        raise ValueError("paper_exact=True runs a fixed number of iterations: set iou_threshold=None")
+    if paper_exact and return_best:
+        raise ValueError("return_best is not available with paper_exact=True (the reference returns the last iterate)")
+    x0, tgt, cnt, pm = check_inputs(images, targets, mask, perturbation_mask)
+    thr = success_threshold if iou_threshold is None else iou_threshold
+    extras: dict = {
+        "adaptive_mask": adaptive_mask,
+        "dynamic_multiplier": dynamic_multiplier,
+        "paper_exact": paper_exact,
+        "step": step,
+    }
+    with attack_guard(model) as ctx:
+        if paper_exact:
+            delta, iters, stats = _paper_exact(ctx, x0, tgt, cnt, pm, adaptive_mask, dynamic_multiplier, tau, beta,
+                                               max_iter, step, step_size, l2_weight)
+            extras["paper_stats"] = stats
+        else:
+            delta, iters = _efficient(ctx, x0, tgt, cnt, pm, adaptive_mask, dynamic_multiplier, tau, beta, max_iter,
+                                      iou_threshold, thr, step, step_size, l2_weight, return_best, check_every)
+        return finish(ctx, x0, delta, tgt, cnt, targeted=True, iterations=iters, criterion="iou", threshold=thr,
+                      extras=extras)
+
+
+def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Tensor | None, adaptive_mask: bool,
+               dynamic_multiplier: bool, tau: float, beta: float, max_iter: int, iou_threshold: float | None,
+               thr: float, step: str, step_size: float, l2_weight: float, return_best: bool,
+               check_every: int) -> tuple[Tensor, Tensor]:
+    B = x0.shape[0]
+    dev = x0.device
+    delta = torch.zeros_like(x0)
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    early = iou_threshold is not None
+    idx = torch.arange(B, device=dev)
+    full = True  # idx == arange(B): avoid gathers while the whole batch is active
+    best = delta.clone() if return_best else None
+    best_l2 = torch.full((B,), float("inf"), device=dev) if return_best else None
+    for k in range(max_iter):
+        if early and (k == 1 or (k > 0 and k % check_every == 0)):
+            keep = ~done[idx]
+            if not bool(keep.any()):  # one host sync per check, never per step
+                break
+            if not bool(keep.all()):
+                idx = idx[keep]
+                full = False
+        sel = (lambda t: t) if full else (lambda t: t[idx])
+        xa, ta, ca = sel(x0), sel(tgt), sel(cnt)
+        d = sel(delta).detach().clone().requires_grad_(True)
+        z = ctx.forward(xa + d)
+        if k == 0:
+            check_output(z, ta)
+        loss, pred = _asma_loss(z, ta, ca, d, adaptive_mask, l2_weight)
+        g = ctx.grad(loss.sum(), d)  # images are independent: the sum keeps per-image gradients
+        iou = per_image_iou(pred, ta, ca, int(z.shape[1]))
+        d = d.detach()
+        if return_best:
+            ok = (iou >= thr) & (l2_norm(d) < sel(best_l2))
+            best[idx] = torch.where(per_image(ok), d, sel(best))
+            best_l2[idx] = torch.where(ok, l2_norm(d), sel(best_l2))
+        if dynamic_multiplier and k > 0:
+            mu = beta * iou + tau
+        else:
+            mu = torch.full_like(iou, tau)
+        upd = _step(g, mu, step, step_size, tau)
+        if early:
+            fin = (iou >= iou_threshold) | sel(done)
+            done[idx] = fin
+            go = ~fin
+            upd = upd * per_image(go.to(upd.dtype))
+            iters[idx] = sel(iters) + go.long()
+        else:
+            iters[idx] = sel(iters) + 1
+        new = project_box(xa, d + upd, None if pm is None else sel(pm))
+        if full:
+            delta = new  # no scatter while the whole batch is active
+        else:
+            delta[idx] = new
+    if return_best:
+        # the final iterate may itself be the best one; it is evaluated in `finish` only, so
+        # keep it unless an earlier iterate is known to be smaller and successful
+        delta = torch.where(per_image(torch.isfinite(best_l2)), best, delta)
+    return delta, iters
+
+
+def _paper_exact(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Tensor | None, adaptive_mask: bool,
+                 dynamic_multiplier: bool, tau: float, beta: float, max_iter: int, step: str, step_size: float,
+                 l2_weight: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    B = x0.shape[0]
+    delta = torch.zeros_like(x0)
+    mu = torch.full((B,), tau, device=x0.device)
+    stats: dict[str, Tensor] = {}
+    for k in range(max_iter):
+        d = delta.clone().requires_grad_(True)
+        z = ctx.forward(x0 + d)
+        if k == 0:
+            check_output(z, tgt)
+        loss, _ = _asma_loss(z, tgt, cnt, d, adaptive_mask, l2_weight)
+        g = ctx.grad(loss.sum(), d)
+        upd = _step(g, mu, step, step_size, tau)
+        if pm is not None:
+            upd = upd * pm
+        d_un = d.detach() + upd  # updated, not yet clamped
+        with torch.no_grad():  # the reference's second forward (it also built a graph there)
+            pred2 = ctx.forward(x0 + d_un).argmax(1)
+        iou2 = per_image_iou(pred2, tgt, cnt, int(z.shape[1]))
+        if dynamic_multiplier:
+            mu = beta * iou2 + tau
+        stats = {"iou": iou2, "pixel_acc": pixel_accuracy(pred2, tgt, cnt), "l2": l2_norm(d_un), "linf": linf_norm(d_un)}
+        delta = (x0 + d_un).clamp(0.0, 1.0) - x0
+    iters = torch.full((B,), max_iter, dtype=torch.long, device=x0.device)
+    return delta, iters, stats
+
+
+def ssm(model: nn.Module, images: Tensor, targets: Tensor, **kwargs) -> AttackResult:
+    """SSM: ASMA without adaptive mask and with a fixed multiplier (paper ablation)."""
+    return asma(model, images, targets, **{"adaptive_mask": False, "dynamic_multiplier": False, **kwargs})
+
+
+def asm(model: nn.Module, images: Tensor, targets: Tensor, **kwargs) -> AttackResult:
+    """ASM: adaptive mask with a fixed multiplier (paper ablation)."""
+    return asma(model, images, targets, **{"adaptive_mask": True, "dynamic_multiplier": False, **kwargs})
+
+
+__all__ = ["asm", "asma", "ssm"]

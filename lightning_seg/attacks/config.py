@@ -1,0 +1,273 @@
+"""Typed configs (one dataclass per attack), the ``Attack`` wrapper and the ``ATTACKS`` registry.
+
+Each config's fields are the attack function's keyword hyper-parameters plus ``name`` (and
+``seed`` where the attack is random: a fresh ``torch.Generator`` on the input device is seeded
+with it on every call). ``conf/attack/<name>.yaml`` holds the same defaults. Budgets (eps,
+alpha, gamma, ...) accept strings such as ``"8/255"`` via :func:`parse_fraction` in
+``__post_init__``; an OmegaConf structured schema typed ``float`` rejects such strings, so the
+config layer should either type them ``Any`` or call ``parse_fraction`` before merging.
+
+    attack = build_attack("asma", iou_threshold=0.9)     # or ATTACKS.get("asma")(...)
+    result = attack(model, images, targets, mask=valid)  # -> AttackResult
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_seg.attacks._common import parse_fraction
+from lightning_seg.attacks.asma import asma
+from lightning_seg.attacks.cospgd import cospgd
+from lightning_seg.attacks.dag import dag
+from lightning_seg.attacks.pgd import fgsm, pgd
+from lightning_seg.attacks.result import AttackResult
+from lightning_seg.attacks.segpgd import segpgd
+from lightning_seg.attacks.universal import UniversalPerturbation, universal_attack, universal_perturbation
+from lightning_seg.registry import Registry
+
+
+class _Parse:
+    """Mixin: parse fraction strings in the listed float fields."""
+
+    _fraction_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in self._fraction_fields:
+            v = getattr(self, f)
+            if v is not None:
+                setattr(self, f, parse_fraction(v))
+
+    def kwargs(self) -> dict[str, Any]:
+        """The attack function's keyword arguments (without ``name`` and ``seed``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "seed")}
+
+
+@dataclass
+class AsmaConfig(_Parse):
+    """ASMA (Ozbulak et al. 2019); see :func:`lightning_seg.attacks.asma.asma`."""
+
+    name: str = "asma"
+    adaptive_mask: bool = True
+    dynamic_multiplier: bool = True
+    tau: float = 1e-7
+    beta: float = 1e-6
+    max_iter: int = 2501
+    iou_threshold: float | None = None
+    success_threshold: float = 0.99
+    step: str = "raw"
+    step_size: float = 0.05
+    l2_weight: float = 1.0
+    paper_exact: bool = False
+    return_best: bool = False
+    check_every: int = 10
+    _fraction_fields = ("tau", "beta", "step_size")
+
+
+@dataclass
+class AsmConfig(AsmaConfig):
+    """ASM ablation: adaptive mask, fixed multiplier."""
+
+    name: str = "asm"
+    dynamic_multiplier: bool = False
+
+
+@dataclass
+class SsmConfig(AsmaConfig):
+    """SSM ablation: no adaptive mask, fixed multiplier."""
+
+    name: str = "ssm"
+    adaptive_mask: bool = False
+    dynamic_multiplier: bool = False
+
+
+@dataclass
+class DagConfig(_Parse):
+    """DAG (Xie et al. 2017); gamma in [0,1] units (paper 0.5 on 0-255)."""
+
+    name: str = "dag"
+    targeted: bool = False
+    gamma: float = 0.5 / 255
+    max_iter: int = 200
+    norm: str = "linf"
+    adv_threshold: float = 1.0
+    check_every: int = 10
+    seed: int | None = 0
+    _fraction_fields = ("gamma",)
+
+
+@dataclass
+class PgdConfig(_Parse):
+    """PGD (Madry et al. 2018), eps/alpha in [0,1] units."""
+
+    name: str = "pgd"
+    eps: float = 4 / 255
+    alpha: float = 1 / 255
+    steps: int = 10
+    norm: str = "linf"
+    targeted: bool = False
+    random_start: bool = True
+    adv_threshold: float = 0.99
+    seed: int | None = 0
+    _fraction_fields = ("eps", "alpha")
+
+
+@dataclass
+class FgsmConfig(_Parse):
+    """FGSM (Goodfellow et al. 2015)."""
+
+    name: str = "fgsm"
+    eps: float = 4 / 255
+    norm: str = "linf"
+    targeted: bool = False
+    adv_threshold: float = 0.99
+    _fraction_fields = ("eps",)
+
+
+@dataclass
+class SegPgdConfig(PgdConfig):
+    """SegPGD (Gu et al. 2022)."""
+
+    name: str = "segpgd"
+    steps: int = 20
+
+
+@dataclass
+class CosPgdConfig(PgdConfig):
+    """CosPGD (Agnihotri et al. 2024)."""
+
+    name: str = "cospgd"
+    steps: int = 20
+
+
+@dataclass
+class UpConfig(_Parse):
+    """Universal perturbation (Metzen et al. 2017); the static target mask is passed to ``fit``."""
+
+    name: str = "up"
+    eps: float = 10 / 255
+    alpha: float = 1 / 255
+    epochs: int = 10
+    mode: str = "dynamic"
+    hide_class: int = 1
+    omega: float = 0.7
+    tau_conf: float = 0.75
+    reference: str = "prediction"
+    random_start: bool = False
+    adv_threshold: float = 0.99
+    seed: int | None = 0
+    _fraction_fields = ("eps", "alpha")
+
+
+CONFIGS: dict[str, type[_Parse]] = {
+    "asma": AsmaConfig,
+    "asm": AsmConfig,
+    "ssm": SsmConfig,
+    "dag": DagConfig,
+    "fgsm": FgsmConfig,
+    "pgd": PgdConfig,
+    "segpgd": SegPgdConfig,
+    "cospgd": CosPgdConfig,
+    "up": UpConfig,
+}
+
+_FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
+    "asma": asma, "asm": asma, "ssm": asma, "dag": dag, "fgsm": fgsm, "pgd": pgd, "segpgd": segpgd, "cospgd": cospgd,
+}
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
+
+
+@dataclass
+class Attack:
+    """Thin callable wrapper: ``attack(model, images, labels, mask=..., perturbation_mask=...)``."""
+
+    name: str
+    config: Any
+    fn: Callable[..., AttackResult] = field(repr=False)
+
+    @property
+    def targeted(self) -> bool:
+        return bool(getattr(self.config, "targeted", True))
+
+    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, *, mask: Tensor | None = None,
+                 perturbation_mask: Tensor | None = None) -> AttackResult:
+        kw = self.config.kwargs()
+        if hasattr(self.config, "seed"):
+            kw["generator"] = _generator(self.config.seed, images.device)
+        return self.fn(model, images, labels, mask=mask, perturbation_mask=perturbation_mask, **kw)
+
+
+@dataclass
+class UniversalAttack:
+    """Universal perturbation: ``fit(model, batches, target=None)`` then call like any attack."""
+
+    name: str
+    config: UpConfig
+    perturbation: UniversalPerturbation | None = None
+    targeted: bool = True
+
+    def fit(self, model: nn.Module, batches: Iterable[Any], *, target: Tensor | None = None) -> UniversalPerturbation:
+        c = self.config
+        gen = None
+        if c.random_start and c.seed is not None:
+            gen = torch.Generator().manual_seed(int(c.seed))  # CPU generator; delta is drawn on the data device
+        self.perturbation = universal_perturbation(
+            model, batches, eps=c.eps, alpha=c.alpha, epochs=c.epochs, mode=c.mode, target=target,
+            hide_class=c.hide_class, omega=c.omega, tau_conf=c.tau_conf, reference=c.reference,
+            random_start=c.random_start, generator=gen)
+        return self.perturbation
+
+    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, *, mask: Tensor | None = None,
+                 perturbation_mask: Tensor | None = None) -> AttackResult:
+        if self.perturbation is None:
+            raise RuntimeError("universal attack 'up' is not fitted: call attack.fit(model, train_batches) first")
+        if perturbation_mask is not None:
+            raise ValueError("perturbation_mask is not supported by the universal perturbation evaluation")
+        return universal_attack(model, images, labels, perturbation=self.perturbation, mask=mask,
+                                adv_threshold=self.config.adv_threshold)
+
+
+ATTACKS: Registry[Any] = Registry("attack")
+
+
+def _make_config(name: str, overrides: dict[str, Any]) -> Any:
+    cls = CONFIGS[name]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in overrides:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+            raise TypeError(f"attack {name!r} has no parameter {key!r}.{hint} Parameters: {', '.join(valid)}.")
+    overrides = {k: v for k, v in overrides.items() if k != "name"}
+    return cls(**overrides)
+
+
+def _register(name: str) -> None:
+    if name == "up":
+        ATTACKS.register(name)(lambda **kw: UniversalAttack(name, _make_config(name, kw)))
+    else:
+        ATTACKS.register(name)(lambda **kw: Attack(name, _make_config(name, kw), _FUNCTIONS[name]))
+
+
+for _name in CONFIGS:
+    _register(_name)
+
+
+def build_attack(name: str, **overrides: Any) -> Attack | UniversalAttack:
+    """Build a registered attack with config overrides; unknown names/keys fail with close matches."""
+    return ATTACKS.build(name, **overrides)
+
+
+__all__ = [
+    "ATTACKS", "CONFIGS", "Attack", "AsmConfig", "AsmaConfig", "CosPgdConfig", "DagConfig", "FgsmConfig",
+    "PgdConfig", "SegPgdConfig", "SsmConfig", "UniversalAttack", "UpConfig", "build_attack",
+]

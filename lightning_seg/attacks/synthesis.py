@@ -1,0 +1,318 @@
+"""Chen-style adversarial synthesis: deformation + bias field + noise lowering Dice by a chosen amount.
+
+Liang Chen et al., "Intelligent image synthesis to attack a segmentation CNN using
+adversarial learning", SASHIMI 2019 (arXiv 1909.11167): adversarial examples made of
+anatomical variation (deformation) and appearance change that lower Dice by a
+pre-specified amount without a target mask. The paper's generator is not public; this is
+the project design of REFERENCE.md section 2.8 on top of AdvChain-style transforms
+(:mod:`lightning_seg.deformations`):
+
+1. Direction: ``steps`` normalised-gradient-ascent steps on ``1 - softDice(f(T(x)), y o phi)``
+   over the transform parameters (velocity grid, log-bias control points, noise); each
+   component moves by ``step_size`` times its budget radius along its per-image unit
+   gradient and is projected back into its budget. The iterate with the largest soft loss
+   is kept per image.
+2. Magnitude: per image, bisect ``alpha`` in [0,1] (all components scaled together) until
+   the hard Dice against the equally warped label lies in
+   ``[dice_clean - dice_drop - tol, dice_clean - dice_drop + tol]``. ``reached`` is False if
+   no evaluated alpha lands in the window (e.g. alpha = 1 does not lower Dice enough); the
+   result then holds the alpha closest to the target.
+
+Scoring is always against the warped label ``y o phi`` (REFERENCE 2.8 item 3), so a
+deformation alone does not lower the Dice of a perfect, equivariant model.
+
+Dice (hard, for the target and the report): per image, mean over the foreground classes
+(1..K-1; for a 1-channel sigmoid head the single class z > 0) of 2|P n G| / (|P| + |G|),
+with Dice = 1 when a class is absent from both, over the pixels that count (``mask``).
+Soft Dice (for gradients): the same with softmax / sigmoid probabilities, smoothed by 1.
+
+Execution rules (REFERENCE 1.4): model in eval mode during the attack, parameter
+``requires_grad`` switched off and both restored afterwards; gradients by
+``torch.autograd.grad`` w.r.t. the transform parameters only; every quantity per image; no
+host sync inside the loops (fixed numbers of steps); images clamped to [0,1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_seg.deformations import (
+    SmoothTransform,
+    TransformConfig,
+    identity_transform,
+    sample_random_transform,
+)
+
+__all__ = ["SynthesisResult", "SynthesisAttack", "synthesis_attack", "hard_dice", "soft_dice"]
+
+
+@dataclass
+class SynthesisResult:
+    """Output of :func:`synthesis_attack` (all per-image tensors have leading dim B).
+
+    adv_images [B,C,H,W] in [0,1]; adv_labels [B,H,W] warped labels; adv_mask [B,H,W] warped
+    counted-pixel mask or None; pred [B,H,W] prediction on adv_images; dice_clean /
+    dice_adv / target_dice / alpha [B]; reached [B] bool; realism metrics [B]: max_bias
+    (max |b-1|), max_disp_px, min_jacobian (> 0: no folding), noise_l2, ssim (vs the clean
+    image); forwards / backwards: batched passes (each over all B images, so also the per
+    image count); iterations: (gradient steps, bisection steps); transform: the final
+    transform (parameters with alpha applied) for re-use on other tensors.
+    """
+
+    adv_images: Tensor
+    adv_labels: Tensor
+    adv_mask: Tensor | None
+    pred: Tensor
+    dice_clean: Tensor
+    dice_adv: Tensor
+    target_dice: Tensor
+    alpha: Tensor
+    reached: Tensor
+    max_bias: Tensor
+    max_disp_px: Tensor
+    min_jacobian: Tensor
+    noise_l2: Tensor
+    ssim: Tensor
+    forwards: int
+    backwards: int
+    iterations: tuple[int, int]
+    transform: SmoothTransform
+
+
+def _fg_probs_and_onehot(logits: Tensor, labels: Tensor, hard: bool) -> tuple[Tensor, Tensor]:
+    """Foreground-class prediction maps [B,F,H,W] (hard or soft) and label one-hots [B,F,H,W]."""
+    k = logits.shape[1]
+    if k == 1:  # binary sigmoid head: class 1 iff z > 0
+        p = (logits > 0).to(logits.dtype) if hard else torch.sigmoid(logits)
+        return p, (labels == 1).unsqueeze(1).to(logits.dtype)
+    if hard:
+        p = F.one_hot(logits.argmax(1), k).permute(0, 3, 1, 2).to(logits.dtype)
+    else:
+        p = torch.softmax(logits, dim=1)
+    y = F.one_hot(labels.clamp(0, k - 1), k).permute(0, 3, 1, 2).to(logits.dtype)
+    return p[:, 1:], y[:, 1:]
+
+
+def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-image foreground Dice [B] of argmax (or z > 0) predictions; 1 for a class absent from both."""
+    p, y = _fg_probs_and_onehot(logits, labels, hard=True)
+    if mask is not None:
+        m = mask.unsqueeze(1).to(p.dtype)
+        p, y = p * m, y * m
+    inter = (p * y).flatten(2).sum(-1)
+    denom = p.flatten(2).sum(-1) + y.flatten(2).sum(-1)
+    d = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+    return d.mean(1)
+
+
+def soft_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, smooth: float = 1.0) -> Tensor:
+    """Per-image soft foreground Dice [B] (softmax / sigmoid probabilities, smoothing ``smooth``)."""
+    p, y = _fg_probs_and_onehot(logits, labels, hard=False)
+    if mask is not None:
+        m = mask.unsqueeze(1).to(p.dtype)
+        p, y = p * m, y * m
+    inter = (p * y).flatten(2).sum(-1)
+    denom = p.flatten(2).sum(-1) + y.flatten(2).sum(-1)
+    return ((2 * inter + smooth) / (denom + smooth)).mean(1)
+
+
+def _bcast(cond: Tensor, t: Tensor) -> Tensor:
+    return cond.view(-1, *([1] * (t.dim() - 1)))
+
+
+def _unit(g: Tensor) -> Tensor:
+    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
+
+
+def synthesis_attack(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    dice_drop: float = 0.2,
+    tol: float = 0.02,
+    steps: int = 10,
+    step_size: float = 0.5,
+    bisect_steps: int = 10,
+    config: TransformConfig | None = None,
+    init: str = "random",
+    mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> SynthesisResult:
+    """Find a smooth deformation + bias field + noise lowering each image's Dice by ``dice_drop``.
+
+    model: images [B,C,H,W] in [0,1] -> logits [B,K,H,W] (K = 1: sigmoid head).
+    labels: long [B,H,W] class indices; mask: optional bool [B,H,W] of pixels that count.
+    dice_drop, tol: per image, aim at Dice_adv in [Dice_clean - dice_drop +- tol].
+    steps: gradient-ascent steps for the direction (0 keeps the initial transform).
+    step_size: each step moves every component by step_size x its budget radius (velocity:
+        eps_morph; noise: eps_noise; log-bias: half-width of the clamp box x sqrt(#points)).
+    bisect_steps: bisection steps on alpha (after one evaluation at alpha = 1).
+    config: transform budgets (default: eps_bias 0.3, eps_morph 1.5, eps_noise 1.0).
+    init: "random" (AdvChain-style full-budget draw from ``generator``) or "zero".
+    Returns a :class:`SynthesisResult`; see the module docstring for the algorithm.
+    """
+    if images.dim() != 4 or labels.dim() != 3 or labels.shape != (images.shape[0], *images.shape[-2:]):
+        raise ValueError(f"images must be [B,C,H,W] and labels [B,H,W]; got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if mask is not None and mask.shape != labels.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must have the labels' shape {tuple(labels.shape)}")
+    if not 0.0 <= dice_drop <= 1.0 or tol < 0:
+        raise ValueError(f"dice_drop={dice_drop} must be in [0,1] and tol={tol} >= 0")
+    if steps < 0 or bisect_steps < 0 or step_size <= 0:
+        raise ValueError(f"steps={steps} and bisect_steps={bisect_steps} must be >= 0 and step_size={step_size} > 0")
+    if init not in ("random", "zero"):
+        raise ValueError(f"init={init!r}; use 'random' or 'zero'")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("synthesis_attack needs autograd: call it outside torch.inference_mode() (e.g. Lightning "
+                           "validation: Trainer(inference_mode=False))")
+    cfg = config or TransformConfig()
+    b, c, h, w = images.shape
+    x = images.detach().clone()
+    y = labels.detach().clone()
+    m = None if mask is None else mask.detach().clone()
+
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    forwards = backwards = 0
+    try:
+        with torch.no_grad():
+            clean_logits = model(x)
+        forwards += 1
+        k = max(clean_logits.shape[1], 2)
+        if mask is None:
+            valid = y < k
+            m = None if bool(valid.all()) else valid  # ignore labels (e.g. 255) do not count
+        y = torch.where(y < k, y, torch.zeros_like(y))
+        dice_clean = hard_dice(clean_logits, y, m)
+        target = dice_clean - dice_drop
+
+        kw = dict(channels=c, config=cfg, device=x.device, dtype=x.dtype)
+        t0 = sample_random_transform(b, (h, w), generator=generator, **kw) if init == "random" \
+            else identity_transform(b, (h, w), **kw)
+        params = [p.detach().clone() for p in t0.parameters()]
+        names = [n for n in ("velocity", "log_bias", "noise") if getattr(t0, n) is not None]
+        lo_b, hi_b = cfg.log_bias_bounds
+        radius = {
+            "velocity": cfg.eps_morph,
+            "noise": cfg.eps_noise,
+            "log_bias": 0.5 * (hi_b - lo_b) * (cfg.bias_grid()[0] * cfg.bias_grid()[1]) ** 0.5,
+        }
+
+        def build(ps: list[Tensor]) -> SmoothTransform:
+            d = dict(zip(names, ps))
+            return SmoothTransform(cfg, (h, w), d.get("velocity"), d.get("log_bias"), d.get("noise"))
+
+        # ---- (a) direction: normalised gradient ascent on 1 - softDice, best iterate per image
+        best = [p.clone() for p in params]
+        best_loss = torch.full((b,), -1.0, device=x.device, dtype=x.dtype)
+        for _ in range(steps):
+            ps = [p.detach().requires_grad_(True) for p in params]
+            t = build(ps)
+            with torch.enable_grad():
+                adv, yw, mw = t.apply(x, y, m, num_classes=k)
+                loss = 1 - soft_dice(model(adv), yw, mw)
+                grads = torch.autograd.grad(loss.sum(), ps)
+            forwards += 1
+            backwards += 1
+            loss = loss.detach()
+            better = loss > best_loss
+            best = [torch.where(_bcast(better, bp), p.detach(), bp) for bp, p in zip(best, ps)]
+            best_loss = torch.where(better, loss, best_loss)
+            with torch.no_grad():
+                params = [p.detach() + step_size * radius[n] * _unit(g) for p, g, n in zip(ps, grads, names)]
+                build(params).project_()
+        if steps > 0:  # the last update has not been scored yet
+            with torch.no_grad():
+                adv, yw, mw = build(params).apply(x, y, m, num_classes=k)
+                loss = 1 - soft_dice(model(adv), yw, mw)
+            forwards += 1
+            better = loss > best_loss
+            best = [torch.where(_bcast(better, bp), p, bp) for bp, p in zip(best, params)]
+        direction = build(best)
+
+        # ---- (b) magnitude: bisect alpha per image on the hard Dice
+        with torch.no_grad():
+            best_alpha = torch.zeros(b, device=x.device, dtype=x.dtype)
+            best_err = (dice_clean - target).abs()
+            best_dice = dice_clean.clone()
+            best_adv, best_y = x.clone(), y.clone()
+            best_m = None if m is None else m.clone()
+            best_pred = clean_logits.argmax(1) if clean_logits.shape[1] > 1 else (clean_logits[:, 0] > 0).long()
+
+            def evaluate(alpha: Tensor) -> Tensor:
+                nonlocal best_alpha, best_err, best_dice, best_adv, best_y, best_m, best_pred, forwards
+                adv, yw, mw = direction.scale(alpha).apply(x, y, m, num_classes=k)
+                logits = model(adv)
+                forwards += 1
+                d = hard_dice(logits, yw, mw)
+                err = (d - target).abs()
+                upd = err < best_err
+                best_alpha = torch.where(upd, alpha, best_alpha)
+                best_err = torch.where(upd, err, best_err)
+                best_dice = torch.where(upd, d, best_dice)
+                best_adv = torch.where(_bcast(upd, adv), adv, best_adv)
+                best_y = torch.where(_bcast(upd, yw), yw, best_y)
+                if mw is not None:
+                    best_m = torch.where(_bcast(upd, mw), mw, best_m)
+                pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+                best_pred = torch.where(_bcast(upd, pred), pred, best_pred)
+                return d
+
+            ones = torch.ones(b, device=x.device, dtype=x.dtype)
+            d1 = evaluate(ones)
+            lo = torch.zeros_like(ones)
+            hi = ones.clone()
+            # unreachable at alpha = 1 or already inside the window: nothing to bisect
+            done = (best_err <= tol) | (d1 > target + tol)
+            for _ in range(bisect_steps):
+                mid = torch.where(done, best_alpha, 0.5 * (lo + hi))
+                d = evaluate(mid)
+                too_weak = d > target + tol
+                lo = torch.where(~done & too_weak, mid, lo)
+                hi = torch.where(~done & ~too_weak, mid, hi)
+                done = done | (best_err <= tol)
+
+            final = direction.scale(best_alpha).detach()
+            real = final.realism(x, best_adv)
+    finally:
+        model.train(was_training)
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+    return SynthesisResult(
+        adv_images=best_adv,
+        adv_labels=best_y,
+        adv_mask=best_m,
+        pred=best_pred,
+        dice_clean=dice_clean,
+        dice_adv=best_dice,
+        target_dice=target,
+        alpha=best_alpha,
+        reached=best_err <= tol,
+        max_bias=real["max_bias"],
+        max_disp_px=real["max_disp_px"],
+        min_jacobian=real["min_jacobian"],
+        noise_l2=real["noise_l2"],
+        ssim=real["ssim"],
+        forwards=forwards,
+        backwards=backwards,
+        iterations=(steps, bisect_steps),
+        transform=final,
+    )
+
+
+class SynthesisAttack:
+    """Thin wrapper holding the hyper-parameters of :func:`synthesis_attack`."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, **overrides: object) -> SynthesisResult:
+        return synthesis_attack(model, images, labels, **{**self.kwargs, **overrides})  # type: ignore[arg-type]

@@ -1,0 +1,331 @@
+"""Clinical read-outs from class-index masks [B,H,W] (REFERENCE.md section 6).
+
+Glaucoma (6.1, ignaciorlando/refuge-evaluation): vertical cup-to-disc ratio and screening
+label flips. ISIC (6.2, pixel units, relative changes): area, centroid, perimeter,
+compactness, principal-axis asymmetry and the ABCD asymmetry score.
+
+All functions are batched torch, per image, and free of host syncs.
+
+Undefined values (documented, never a crash):
+* empty mask: centroid, compactness, asymmetry A_1/A_2 and the asymmetry score are NaN
+  (undefined); area and perimeter are 0.
+* relative area change / relative centroid shift: NaN when the reference mask is empty
+  (both empty: the relative area change is 0); centroid shift NaN if either mask is empty.
+* vCDR with an empty disc: 0 / (0 + 1e-7) = 0, exactly as the official REFUGE formula.
+Aggregates (:func:`summarize_clinical`) use nan-means and report the number of defined
+values (``n_<key>``) for every key that can be undefined.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "vertical_diameter",
+    "vcdr",
+    "screening_labels",
+    "screening_flips",
+    "area",
+    "relative_area_change",
+    "centroid",
+    "centroid_shift",
+    "perimeter",
+    "polygon_area",
+    "compactness",
+    "asymmetry",
+    "asymmetry_score",
+    "clinical_report",
+    "summarize_clinical",
+    "concat_reports",
+]
+
+GLAUCOMA_TASKS = ("disc_cup", "glaucoma")
+SHAPE_TASKS = ("isic", "disc")
+
+
+def _check(masks: Tensor, name: str = "masks") -> None:
+    if masks.dim() != 3:
+        raise ValueError(f"{name} must be a class-index map [B,H,W], got shape {tuple(masks.shape)}")
+
+
+# ----------------------------------------------------------------------------- glaucoma
+
+
+def vertical_diameter(binary: Tensor) -> Tensor:
+    """D(M) = max over image columns of the number of mask pixels in the column -> float [B]."""
+    _check(binary, "binary")
+    return binary.to(torch.float32).sum(dim=1).amax(dim=-1)
+
+
+def vcdr(masks: Tensor) -> Tensor:
+    """vCDR = D(cup) / (D(disc) + 1e-7) [B] for {0 bg, 1 rim, 2 cup}: disc = mask >= 1, cup = mask == 2."""
+    _check(masks)
+    return vertical_diameter(masks == 2) / (vertical_diameter(masks >= 1) + 1e-7)
+
+
+def screening_labels(v: Tensor, threshold: float) -> Tensor:
+    """Bool [B]: glaucoma suspect if vCDR >= threshold."""
+    return v >= threshold
+
+
+def screening_flips(
+    vcdr_ref: Tensor, vcdr_new: Tensor, thresholds: tuple[float, ...] = (0.6, 0.7)
+) -> dict[str, Tensor]:
+    """Share of images whose screening label (vCDR >= t) flips from ``vcdr_ref`` to ``vcdr_new``.
+
+    Keys per threshold t: ``n2s@t`` (normal -> suspect), ``s2n@t`` (suspect -> normal),
+    ``flip@t`` (either), all shares of the number of images; plus ``mean_abs_dvcdr``.
+    """
+    if vcdr_ref.shape != vcdr_new.shape:
+        raise ValueError(f"vcdr_ref {tuple(vcdr_ref.shape)} and vcdr_new {tuple(vcdr_new.shape)} differ in shape")
+    out: dict[str, Tensor] = {}
+    for t in thresholds:
+        a, b = screening_labels(vcdr_ref, t), screening_labels(vcdr_new, t)
+        n2s = (~a & b).float().mean()
+        s2n = (a & ~b).float().mean()
+        out[f"n2s@{t:g}"] = n2s
+        out[f"s2n@{t:g}"] = s2n
+        out[f"flip@{t:g}"] = n2s + s2n
+    out["mean_abs_dvcdr"] = (vcdr_new - vcdr_ref).abs().float().mean()
+    return out
+
+
+# ----------------------------------------------------------------------------- lesion shape
+
+
+def area(binary: Tensor) -> Tensor:
+    """Pixel count [B] (float)."""
+    _check(binary, "binary")
+    return binary.to(torch.float32).flatten(1).sum(1)
+
+
+def relative_area_change(ref: Tensor, new: Tensor) -> Tensor:
+    """(A_new - A_ref) / A_ref [B]; NaN if A_ref = 0 unless both are empty (then 0)."""
+    a0, a1 = area(ref), area(new)
+    rel = (a1 - a0) / a0.clamp_min(1)
+    nan = torch.full_like(rel, float("nan"))
+    return torch.where(a0 > 0, rel, torch.where(a1 > 0, nan, torch.zeros_like(rel)))
+
+
+def centroid(binary: Tensor) -> Tensor:
+    """Centroid [B,2] (row, col) in pixels; NaN for an empty mask."""
+    _check(binary, "binary")
+    m = binary.to(torch.float32)
+    h, w = m.shape[-2:]
+    ys = torch.arange(h, device=m.device, dtype=m.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=m.device, dtype=m.dtype).view(1, 1, w)
+    a = m.flatten(1).sum(1)
+    c = torch.stack([(m * ys).flatten(1).sum(1), (m * xs).flatten(1).sum(1)], dim=1) / a.clamp_min(1).unsqueeze(1)
+    return torch.where((a > 0).unsqueeze(1), c, torch.full_like(c, float("nan")))
+
+
+def centroid_shift(ref: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
+    """(shift in px, shift / equivalent radius sqrt(A_ref / pi)) [B]; NaN if either mask is empty."""
+    d = (centroid(new) - centroid(ref)).norm(dim=1)
+    r = torch.sqrt(area(ref) / math.pi)
+    return d, d / r  # r = 0 only when ref is empty, where d is already NaN
+
+
+# Marching squares on the binary mask (padded with background) with contour vertices at
+# edge midpoints. Each 2x2 cell of pixel centres (corner bits tl=1, tr=2, br=4, bl=8)
+# contributes a known contour length and enclosed area. Diagonal (saddle) cells separate
+# the two foreground corners (4-connected foreground). Per unit of true length, this
+# polygon measures a straight boundary at angle theta in [0, pi/4] as cos(theta) +
+# (sqrt2 - 1) sin(theta) (the Freeman chain-code bias); its mean over orientations is
+# 8 (sqrt2 - 1) / pi = 1.0548. ``perimeter`` divides by that mean, so it is unbiased for
+# boundaries of random orientation (lesions), and a rasterised disc gets CI = 1.00 +- 0.03
+# (vs 1.11 uncorrected, and 16/pi^2 = 1.62 with the plain 4-connected edge count).
+# The price: an axis-aligned square is measured 5 % short (CI 1.15 instead of 4/pi).
+PERIMETER_BIAS = 8 * (math.sqrt(2) - 1) / math.pi
+_S = math.sqrt(0.5)
+_CELL_LENGTH = [0, _S, _S, 1, _S, 2 * _S, 1, _S, _S, 1, 2 * _S, _S, 1, _S, _S, 0]
+_CELL_AREA = [0, 1 / 8, 1 / 8, 1 / 2, 1 / 8, 1 / 4, 1 / 2, 7 / 8, 1 / 8, 1 / 2, 1 / 4, 7 / 8, 1 / 2, 7 / 8, 7 / 8, 1]
+
+
+def _cell_codes(binary: Tensor) -> Tensor:
+    m = torch.nn.functional.pad(binary.to(torch.int64), (1, 1, 1, 1))
+    tl, tr = m[:, :-1, :-1], m[:, :-1, 1:]
+    bl, br = m[:, 1:, :-1], m[:, 1:, 1:]
+    return tl + 2 * tr + 4 * br + 8 * bl
+
+
+def perimeter(binary: Tensor, corrected: bool = True) -> Tensor:
+    """Boundary length [B] in pixels: marching-squares midpoint contour / PERIMETER_BIAS (see above).
+
+    ``corrected=False`` returns the raw polygon length.
+    """
+    _check(binary, "binary")
+    table = torch.tensor(_CELL_LENGTH, device=binary.device, dtype=torch.float32)
+    length = table[_cell_codes(binary)].flatten(1).sum(1)
+    return length / PERIMETER_BIAS if corrected else length
+
+
+def polygon_area(binary: Tensor) -> Tensor:
+    """Area [B] enclosed by the marching-squares contour (pixel count minus 1/8 per convex corner ...)."""
+    _check(binary, "binary")
+    table = torch.tensor(_CELL_AREA, device=binary.device, dtype=torch.float32)
+    return table[_cell_codes(binary)].flatten(1).sum(1)
+
+
+def compactness(binary: Tensor) -> Tensor:
+    """CI = P^2 / (4 pi A) [B] (1 for a disc, larger = more irregular); NaN for an empty mask.
+
+    P = :func:`perimeter` (orientation-corrected), A = :func:`polygon_area` of the same
+    marching-squares contour (consistent with P; pixel counts include the half-pixel rim
+    outside the contour and bias small masks).
+    """
+    p, a = perimeter(binary), polygon_area(binary)
+    ci = p**2 / (4 * math.pi * a.clamp_min(1e-12))
+    return torch.where(a > 0, ci, torch.full_like(ci, float("nan")))
+
+
+def asymmetry(binary: Tensor) -> Tensor:
+    """Principal-axis asymmetry [B,2]: A_k = |M xor flip_k(M)| / |M| for the major (k=1) and minor axis.
+
+    Axes through the centroid along the eigenvectors of the second central moments; the
+    reflection of M about axis e is M(c + R (p - c)), R = 2 e e^T - I, sampled by nearest
+    neighbour (outside the image = background). Discretisation gives a small positive floor
+    for symmetric shapes (about boundary length / area). NaN for an empty mask.
+    """
+    _check(binary, "binary")
+    m = binary.to(torch.float32)
+    b, h, w = m.shape
+    ys = torch.arange(h, device=m.device, dtype=m.dtype).view(1, h, 1).expand(1, h, w)
+    xs = torch.arange(w, device=m.device, dtype=m.dtype).view(1, 1, w).expand(1, h, w)
+    a = m.flatten(1).sum(1)
+    c = torch.nan_to_num(centroid(binary)).view(b, 2, 1, 1)
+    dy, dx = ys - c[:, 0], xs - c[:, 1]
+    mu_yy = (m * dy * dy).flatten(1).sum(1)
+    mu_xx = (m * dx * dx).flatten(1).sum(1)
+    mu_xy = (m * dx * dy).flatten(1).sum(1)
+    theta = 0.5 * torch.atan2(2 * mu_xy, mu_xx - mu_yy)  # major-axis angle from the x axis
+    out = []
+    flat = m.reshape(b, h * w)
+    for angle in (theta, theta + math.pi / 2):
+        ex, ey = torch.cos(angle).view(b, 1, 1), torch.sin(angle).view(b, 1, 1)
+        proj = dx * ex + dy * ey  # reflect: p' = c + 2 (d.e) e - d
+        ry = (c[:, 0] + 2 * proj * ey - dy).round()
+        rx = (c[:, 1] + 2 * proj * ex - dx).round()
+        inside = (ry >= 0) & (ry <= h - 1) & (rx >= 0) & (rx <= w - 1)
+        idx = (ry.clamp(0, h - 1) * w + rx.clamp(0, w - 1)).long().reshape(b, -1)
+        flipped = flat.gather(1, idx).reshape(b, h, w) * inside
+        out.append((m != flipped).float().flatten(1).sum(1) / a.clamp_min(1))
+    res = torch.stack(out, dim=1)
+    return torch.where((a > 0).unsqueeze(1), res, torch.full_like(res, float("nan")))
+
+
+def asymmetry_score(binary: Tensor, threshold: float = 0.1) -> Tensor:
+    """ABCD asymmetry score [B] in {0,1,2} (float; NaN for an empty mask): axes with A_k > threshold.
+
+    The threshold is a project choice (default 0.1 = 10 % of the lesion area), not a
+    published constant; report it next to the score.
+    """
+    asym = asymmetry(binary)
+    score = (asym > threshold).float().sum(1)
+    return torch.where(torch.isnan(asym[:, 0]), torch.full_like(score, float("nan")), score)
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _shape_readouts(prefix: str, binary: Tensor, asym_threshold: float) -> dict[str, Tensor]:
+    asym = asymmetry(binary)
+    score = (asym > asym_threshold).float().sum(1)
+    return {
+        f"area_{prefix}": area(binary),
+        f"perimeter_{prefix}": perimeter(binary),
+        f"compactness_{prefix}": compactness(binary),
+        f"asym1_{prefix}": asym[:, 0],
+        f"asym2_{prefix}": asym[:, 1],
+        f"asym_score_{prefix}": torch.where(torch.isnan(asym[:, 0]), torch.full_like(score, float("nan")), score),
+    }
+
+
+def clinical_report(
+    task: str,
+    gt: Tensor,
+    clean_pred: Tensor,
+    adv_pred: Tensor,
+    *,
+    thresholds: tuple[float, ...] = (0.6, 0.7),
+    asym_threshold: float = 0.1,
+) -> dict[str, Tensor]:
+    """Per-image clinical read-outs (every value [B]) for ground truth, clean and adversarial predictions.
+
+    task "disc_cup" / "glaucoma" ({0 bg, 1 rim, 2 cup}): ``vcdr_gt``, ``vcdr_clean``,
+    ``vcdr_adv``, ``dvcdr`` (adv - clean), ``abs_err_clean`` / ``abs_err_adv`` (vs gt) and per
+    threshold t the 0/1 flags ``n2s@t`` / ``s2n@t`` of clean -> adv screening flips.
+    task "isic" / "disc" (foreground = mask >= 1): area, perimeter, compactness, asym1,
+    asym2, asym_score for ``gt``, ``clean`` and ``adv``, plus ``rel_area_change``,
+    ``centroid_shift_px`` and ``centroid_shift_rel`` of adv vs clean.
+    Use :func:`summarize_clinical` for the aggregate (flip shares = means of the flags).
+    """
+    for name, t in (("gt", gt), ("clean_pred", clean_pred), ("adv_pred", adv_pred)):
+        _check(t, name)
+    if not (gt.shape == clean_pred.shape == adv_pred.shape):
+        raise ValueError(
+            f"gt {tuple(gt.shape)}, clean_pred {tuple(clean_pred.shape)} and adv_pred {tuple(adv_pred.shape)} must match"
+        )
+    key = task.lower()
+    if key in GLAUCOMA_TASKS:
+        v_gt, v_clean, v_adv = vcdr(gt), vcdr(clean_pred), vcdr(adv_pred)
+        out = {
+            "vcdr_gt": v_gt,
+            "vcdr_clean": v_clean,
+            "vcdr_adv": v_adv,
+            "dvcdr": v_adv - v_clean,
+            "abs_err_clean": (v_clean - v_gt).abs(),
+            "abs_err_adv": (v_adv - v_gt).abs(),
+        }
+        for t in thresholds:
+            a, b = screening_labels(v_clean, t), screening_labels(v_adv, t)
+            out[f"n2s@{t:g}"] = (~a & b).float()
+            out[f"s2n@{t:g}"] = (a & ~b).float()
+        return out
+    if key in SHAPE_TASKS:
+        fg = [m >= 1 for m in (gt, clean_pred, adv_pred)]
+        out = {}
+        for prefix, m in zip(("gt", "clean", "adv"), fg):
+            out.update(_shape_readouts(prefix, m, asym_threshold))
+        shift_px, shift_rel = centroid_shift(fg[1], fg[2])
+        out["rel_area_change"] = relative_area_change(fg[1], fg[2])
+        out["centroid_shift_px"] = shift_px
+        out["centroid_shift_rel"] = shift_rel
+        return out
+    raise ValueError(f"Unknown task {task!r} for clinical_report; use one of {GLAUCOMA_TASKS + SHAPE_TASKS}")
+
+
+def concat_reports(reports: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Concatenate per-image reports of several batches (e.g. across a validation epoch)."""
+    if not reports:
+        return {}
+    return {k: torch.cat([r[k].reshape(-1) for r in reports]) for k in reports[0]}
+
+
+_MAYBE_UNDEFINED = ("compactness", "asym", "rel_area_change", "centroid_shift")
+
+
+def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Aggregate a per-image report into scalars: nan-mean per key, ``n_<key>`` = defined values
+    for the keys that can be NaN (compactness, asymmetry, relative area change, centroid shift).
+
+    For glaucoma reports the means of the ``n2s@t`` / ``s2n@t`` flags are the flip shares;
+    ``flip@t`` (their sum) and ``mean_abs_dvcdr`` are added.
+    """
+    out: dict[str, Tensor] = {}
+    for k, v in report.items():
+        v = v.float()
+        defined = ~torch.isnan(v)
+        out[k] = torch.nanmean(v) if v.numel() else torch.tensor(float("nan"))
+        if k.startswith(_MAYBE_UNDEFINED):  # fixed key set, so logged keys do not vary per batch
+            out[f"n_{k}"] = defined.sum().float()
+    for k in list(out):
+        if k.startswith("n2s@"):
+            t = k[4:]
+            out[f"flip@{t}"] = out[k] + out[f"s2n@{t}"]
+    if "dvcdr" in report:
+        out["mean_abs_dvcdr"] = report["dvcdr"].abs().float().mean()
+    return out

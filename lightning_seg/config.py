@@ -1,0 +1,243 @@
+"""Typed configuration schemas and composition (OmegaConf structured configs, REFERENCE 8.7).
+
+``compose(overrides)`` = schema defaults <- ``conf/config.yaml`` <- the chosen group files
+(``data=glaucoma`` picks ``conf/data/glaucoma.yaml``) <- dotlist overrides (``trainer.max_epochs=5``).
+The dataclass schemas make an unknown key or a wrong type fail with one line that names the key
+and suggests the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line that says what to write instead."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "isic"  # isic | glaucoma (picks the LightningDataModule)
+    source: str = "synthetic"  # synthetic (embedded, procedural) | folder (real data under `root`)
+    root: Optional[str] = None  # data folder for source=folder
+    layout: str = "auto"  # auto-detect, or a layout name (isic2016, isic2017, isic2018, refuge, drishti, ...)
+    task: str = "lesion"  # lesion (ISIC) | disc | disc_cup (glaucoma)
+    image_size: int = 128  # images are resized to image_size x image_size
+    num_train: int = 320  # synthetic set sizes
+    num_val: int = 64
+    num_test: int = 64
+    data_seed: int = 0  # seed of the synthetic images and of the random split (independent of the training seed)
+    split: str = "random"  # random (by data_seed) | official (folder layouts that define splits)
+    val_fraction: float = 0.15  # random split of folder data
+    test_fraction: float = 0.15
+    batch_size: int = 16  # global batch size; divided by the number of DDP processes
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    augment: bool = True
+    skip_bad: bool = False  # drop bad image/mask pairs with a warning instead of failing
+    soft_threshold: str = "majority"  # Drishti-GS soft maps: majority | all | any
+    options: dict[str, Any] = field(default_factory=dict)  # layout-specific options passed to the loader
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    width: int = 16
+    depth: int = 4
+    padding: str = "same"  # same | valid
+    norm: str = "batch"  # batch | group | none
+    upsample: str = "transpose"  # transpose | bilinear
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | none
+    warmup_fraction: float = 0.05
+
+
+@dataclass
+class LossConfig:
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 12
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    limit_test_batches: Any = 1.0
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    sync_batchnorm: bool = False  # GPU only (fails on CPU)
+    gradient_clip_val: Optional[float] = None
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | csv | none
+    project: str = "lightning_seg"
+    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"  # run folders: <output_dir>/<command>/<data.name>-<timestamp>
+    name: Optional[str] = None  # fixed run folder name instead of a timestamp
+    resume: Optional[str] = None  # fit: "last" (latest fit run), a run folder, or a checkpoint file
+    ckpt: Optional[str] = None  # validate/test/attack: checkpoint file or run folder (default: latest fit run)
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder: next to the package in a checkout, or shipped as ``lightning_seg.conf``."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file():
+        return checkout
+    return Path(str(resources.files("lightning_seg.conf")))
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Config group -> available choices (yaml file stems)."""
+    root = conf_dir()
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.yaml"))}
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_flat_keys(node._get_node(k), f"{full}."))
+    return keys
+
+
+def _suggest(key: str, cfg: DictConfig) -> str:
+    close = difflib.get_close_matches(key, _flat_keys(cfg), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _merge(cfg: DictConfig, other: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
+    except ConfigKeyError as e:
+        key = str(e.full_key) if getattr(e, "full_key", None) else str(e)
+        raise ConfigError(f"Unknown config key '{key}' (from {origin}).{_suggest(key, cfg)}") from None
+    except ValidationError as e:
+        key = e.full_key or "?"
+        raise ConfigError(f"Bad value for '{key}' (from {origin}): {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"Bad config (from {origin}): {str(e).splitlines()[0]}") from None
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    return node
+
+
+def split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate group choices (``data=glaucoma``) from dotlist overrides (``data.task=disc``)."""
+    groups = config_groups()
+    choices: dict[str, str] = {}
+    dotlist: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} is not of the form key=value (e.g. trainer.max_epochs=5 or data=glaucoma)")
+        key, value = item.split("=", 1)
+        if key in groups:
+            if value not in groups[key]:
+                close = difflib.get_close_matches(value, groups[key], n=1)
+                hint = f" Did you mean '{key}={close[0]}'?" if close else ""
+                raise ConfigError(f"Unknown choice {key}={value}.{hint} Choices for {key}: {', '.join(groups[key])}.")
+            choices[key] = value
+        else:
+            dotlist.append(item)
+    return choices, dotlist
+
+
+def compose(
+    overrides: list[str] | None = None, *, extra_files: list[str | Path] | None = None, base: dict[str, Any] | None = None
+) -> DictConfig:
+    """Compose the run config: schema <- conf/config.yaml <- default group files <- ``base`` <- chosen group files
+    <- extra files <- overrides. ``base`` carries sections of a stored run config (e.g. the data section of the
+    checkpoint being evaluated), so ``validate`` evaluates on the data the model was trained for unless told otherwise."""
+    overrides = list(overrides or [])
+    root = conf_dir()
+    cfg: DictConfig = OmegaConf.structured(RootConfig)
+    top = _load_yaml(root / "config.yaml")
+    defaults = top.pop("defaults", [])
+    cfg = _merge(cfg, top, "conf/config.yaml")
+    choices, dotlist = split_overrides(overrides)
+    selected: dict[str, str] = {}
+    for entry in defaults if isinstance(defaults, ListConfig) else []:
+        for group, choice in dict(entry).items():
+            selected[str(group)] = str(choice)
+    if base:
+        cfg = _merge_groups(cfg, root, {g: c for g, c in selected.items() if g not in choices})
+        cfg = _merge(cfg, base, "the checkpoint's stored config")
+        selected = dict(choices)
+    else:
+        selected.update(choices)
+    cfg = _merge_groups(cfg, root, selected)
+    for extra in extra_files or []:
+        cfg = _merge(cfg, _load_yaml(Path(extra)), str(extra))
+    for item in dotlist:
+        key = item.split("=", 1)[0]
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"Unknown config key '{key}'.{_suggest(key, cfg)} Run `python -m lightning_seg --help` for the groups.")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item}")
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, str]) -> DictConfig:
+    for group, choice in selected.items():
+        path = root / group / f"{choice}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"No config file {path} for {group}={choice}")
+        if group not in cfg:
+            # Groups without a schema section yet (e.g. attack, defense) are plain mappings.
+            OmegaConf.set_struct(cfg, False)
+            cfg[group] = {}
+            OmegaConf.set_struct(cfg, True)
+        cfg = _merge(cfg, {group: _load_yaml(path)}, f"conf/{group}/{choice}.yaml")
+    return cfg
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolved plain containers: safe for checkpoints loaded with ``weights_only=True`` (REFERENCE 8.8)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,54 @@
+"""Input-transformation defenses (REFERENCE section 3) as batched torch modules.
+
+Registry ``DEFENSES`` (names: ``none``, ``fr``, ``jpeg``, ``bit_depth``, ``median``, ``gaussian``,
+``random_noise``); build with :func:`build_defense`; compose with a model via :class:`DefendedModel`
+(gradient ``exact`` / ``bpda`` / ``surrogate``, EOT for randomised defenses).
+"""
+
+from __future__ import annotations
+
+from lightning_seg.defenses.base import (
+    DEFENSES,
+    ROUNDING_MODES,
+    Defense,
+    NoDefense,
+    build_defense,
+    config_defaults,
+    round_with_mode,
+)
+from lightning_seg.defenses.bit_depth import BitDepth, bit_depth_reduction
+from lightning_seg.defenses.dct import blockwise_quantize, dct_matrix
+from lightning_seg.defenses.defended import GRADIENT_MODES, DefendedModel, defense_with_gradient, eot_input_grad
+from lightning_seg.defenses.frequency_refinement import FrequencyRefinement, fr_quant_table, frequency_refinement
+from lightning_seg.defenses.jpeg import JPEG, jpeg, jpeg_quant_tables
+from lightning_seg.defenses.random_noise import RandomNoise
+from lightning_seg.defenses.smoothing import GaussianBlur, MedianFilter, gaussian_blur, median_filter
+
+__all__ = [
+    "DEFENSES",
+    "GRADIENT_MODES",
+    "JPEG",
+    "ROUNDING_MODES",
+    "BitDepth",
+    "DefendedModel",
+    "Defense",
+    "FrequencyRefinement",
+    "GaussianBlur",
+    "MedianFilter",
+    "NoDefense",
+    "RandomNoise",
+    "bit_depth_reduction",
+    "blockwise_quantize",
+    "build_defense",
+    "config_defaults",
+    "dct_matrix",
+    "defense_with_gradient",
+    "eot_input_grad",
+    "fr_quant_table",
+    "frequency_refinement",
+    "gaussian_blur",
+    "jpeg",
+    "jpeg_quant_tables",
+    "median_filter",
+    "round_with_mode",
+]

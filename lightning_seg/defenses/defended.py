@@ -1,0 +1,121 @@
+"""Model composed with an input-transformation defense, with a selectable gradient (REFERENCE 1.3, 3.4).
+
+Threat models: the *oblivious* attacker attacks the bare ``model``; the *adaptive white-box* attacker
+attacks ``DefendedModel(model, defense, gradient="bpda")`` (or ``"surrogate"``) with the same
+attack code, since the wrapper is just an ``nn.Module`` mapping [0,1] images to logits.
+
+Gradient modes (the forward value is always ``model(defense(x))``):
+
+- ``"exact"``: the true gradient of the transform. For rounding defenses (FR, JPEG, bit depth) it is
+  zero almost everywhere, i.e. gradient masking: attacks look weak without the defense being robust.
+- ``"bpda"``: Backward Pass Differentiable Approximation with the identity (Athalye, Carlini, Wagner,
+  ICML 2018): forward through the real transform, backward as if ``defense(x) = x``, i.e.
+  ``grad_x f(g(x)) ~= grad f(.)|_{g(x)}``.
+- ``"surrogate"``: forward through the real transform, backward through the same transform with
+  cubic rounding ``round(x) + (x - round(x))^3`` (Shin & Song 2017). For transforms without rounding
+  (median, Gaussian, noise) this equals ``"exact"``.
+
+Randomised defenses need EOT (Expectation over Transformation, Athalye et al. 2018):
+``eot_samples = n`` averages the logits over n independent transform samples in ``forward``
+(expectation of the model output); :func:`eot_input_grad` averages input gradients of a loss over
+n samples (expectation of the gradient). Deterministic defenses need n = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lightning_seg.defenses.base import Defense, build_defense
+
+GRADIENT_MODES: tuple[str, ...] = ("exact", "bpda", "surrogate")
+
+
+def defense_with_gradient(defense: nn.Module, x: Tensor, gradient: str = "bpda") -> Tensor:
+    """Apply ``defense`` to ``x`` with the chosen backward (see module docstring); forward = ``defense(x)``."""
+    if gradient == "exact":
+        return defense(x)
+    if gradient == "bpda":
+        with torch.no_grad():
+            y = defense(x)
+        # value y, gradient identity: dy/dx = I
+        return x + (y - x).detach()
+    if gradient == "surrogate":
+        if not getattr(defense, "rounds", False):
+            return defense(x)  # already differentiable: its true gradient is the surrogate
+        with torch.no_grad():
+            y = defense(x)
+        y_sur = defense(x, rounding="cubic")
+        return y_sur + (y - y_sur).detach()
+    raise ValueError(f"gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
+
+
+class DefendedModel(nn.Module):
+    """``model . defense`` as one module mapping images ``[B,C,H,W]`` in [0,1] to logits.
+
+    Args:
+        model: segmentation network (logits out).
+        defense: a :class:`Defense`, any image-to-image ``nn.Module``, a registered name
+            (``"fr"``) or a config (mapping / dataclass with ``name``).
+        gradient: ``"exact"``, ``"bpda"`` or ``"surrogate"`` (chosen per attack).
+        eot_samples: number of transform samples whose logits are averaged (1 for deterministic defenses).
+    """
+
+    def __init__(self, model: nn.Module, defense: nn.Module | str | object, gradient: str = "bpda", eot_samples: int = 1) -> None:
+        super().__init__()
+        if gradient not in GRADIENT_MODES:
+            raise ValueError(f"gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
+        if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+            raise ValueError(f"eot_samples={eot_samples!r} must be an int >= 1.")
+        if not isinstance(defense, nn.Module):
+            defense = build_defense(defense)
+        self.model = model
+        self.defense = defense
+        self.gradient = gradient
+        self.eot_samples = eot_samples
+
+    @property
+    def randomized(self) -> bool:
+        return bool(getattr(self.defense, "randomized", False))
+
+    def transform(self, x: Tensor) -> Tensor:
+        """The defended model input ``defense(x)`` with this wrapper's gradient mode."""
+        return defense_with_gradient(self.defense, x, self.gradient)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(self.transform(x))
+        for _ in range(self.eot_samples - 1):
+            out = out + self.model(self.transform(x))
+        return out / self.eot_samples if self.eot_samples > 1 else out
+
+    def extra_repr(self) -> str:
+        return f"gradient={self.gradient!r}, eot_samples={self.eot_samples}"
+
+
+def eot_input_grad(
+    model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Tensor], n_samples: int = 1
+) -> tuple[Tensor, Tensor]:
+    """EOT gradient: mean over ``n_samples`` forward/backward passes of ``grad_x loss_fn(model(x))``.
+
+    ``loss_fn`` maps logits to a per-image loss ``[B]`` (or a scalar); per-image losses are summed
+    before differentiation, so images stay independent. Uses ``torch.autograd.grad`` on the input only
+    (no parameter ``.grad``; REFERENCE 1.4.2). Returns ``(mean loss, mean gradient)``, both detached;
+    the gradient has the shape of ``x``. No host synchronisation.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples={n_samples!r} must be an int >= 1.")
+    xg = x.detach().requires_grad_(True)
+    grad_sum = torch.zeros_like(xg)
+    loss_sum: Tensor | None = None
+    for _ in range(n_samples):
+        loss = loss_fn(model(xg))
+        (g,) = torch.autograd.grad(loss.sum(), xg)
+        grad_sum = grad_sum + g
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    assert loss_sum is not None
+    return loss_sum / n_samples, grad_sum / n_samples
+
+
+__all__ = ["GRADIENT_MODES", "DefendedModel", "Defense", "defense_with_gradient", "eot_input_grad"]

@@ -1,0 +1,113 @@
+"""SegmentationModule: trains a registered segmenter with Dice + cross-entropy.
+
+Metrics are separate torchmetrics objects per stage (``train/``, ``val/``, ``test/`` keys), computed
+on every rank at epoch end (``compute()`` is a collective: never behind a rank-zero check).
+Hyper-parameters are stored as plain containers so checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_seg.losses import DiceCELoss
+from lightning_seg.metrics import StructureMetrics
+from lightning_seg.models import build_model, center_crop
+from lightning_seg.tasks import get_task
+
+
+class SegmentationModule(pl.LightningModule):
+    def __init__(self, model: dict[str, Any], task: str, optim: dict[str, Any] | None = None, loss: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = get_task(task)
+        model = dict(model)
+        self.net = build_model(model.pop("name", "unet"), num_classes=self.task.num_classes, **model)
+        self.optim_cfg = {"lr": 3e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_fraction": 0.05, **(optim or {})}
+        self.criterion = DiceCELoss(self.task, **(loss or {}))
+        # ModuleDict keys cannot be "train" (an nn.Module method), hence the prefix.
+        self.stage_metrics = torch.nn.ModuleDict({f"m_{s}": StructureMetrics(self.task, s) for s in ("train", "val", "test")})
+
+    def metrics_for(self, stage: str) -> StructureMetrics:
+        return self.stage_metrics[f"m_{stage}"]  # type: ignore[return-value]
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    @staticmethod
+    def align(logits: Tensor, labels: Tensor) -> Tensor:
+        """Crop labels to the logits' size (valid-padding models predict a centred sub-window)."""
+        if logits.shape[-2:] != labels.shape[-2:]:
+            labels = center_crop(labels, *logits.shape[-2:])
+        return labels
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        images, labels = batch["image"], batch["mask"]
+        logits = self(images)
+        labels = self.align(logits, labels)
+        loss = self.criterion(logits, labels)
+        self.metrics_for(stage).update(logits.detach(), labels)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train", batch_size=images.shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        metrics = self.metrics_for(stage)
+        values = metrics.compute()  # collective on every rank; the result is already global
+        self.log_dict(values, sync_dist=False)
+        metrics.reset()
+
+    def on_train_start(self) -> None:
+        self.metrics_for("val").reset()  # sanity-check batches must not leak into epoch-0 metrics
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_epoch("val")
+        else:
+            self.metrics_for("val").reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim_cfg
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        if cfg["scheduler"] == "none":
+            return optimizer
+        if cfg["scheduler"] != "cosine":
+            raise ValueError(f"optim.scheduler={cfg['scheduler']!r}: use 'cosine' or 'none'")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(cfg["warmup_fraction"] * total)
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 0
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_module(path: str, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    """Load a checkpoint written by ``fit`` safely (``weights_only=True``: no arbitrary unpickling)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a lightning_seg checkpoint (no hyper_parameters/state_dict)")
+    module = SegmentationModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()

@@ -1,0 +1,84 @@
+"""Run folders: where every command writes its config, checkpoints, logs and results.
+
+Layout: ``<run.output_dir>/<command>/<data.name>-<YYYYmmdd-HHMMSS>/`` holding ``config.yaml``
+(resolved), ``checkpoints/{best,last}.ckpt``, ``results.json`` and the logger's files.
+The folder is chosen once by the launching process and handed to DDP children through the
+environment, so all ranks agree (no per-process timestamps, REFERENCE 8.2).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ENV_RUN_DIR = "LIGHTNING_SEG_RUN_DIR"
+
+
+class NoRunError(FileNotFoundError):
+    pass
+
+
+def new_run_dir(output_dir: str | Path, command: str, data_name: str, name: str | None = None) -> Path:
+    inherited = os.environ.get(ENV_RUN_DIR)
+    if inherited:  # a DDP child re-executing the command: reuse the parent's folder
+        return Path(inherited)
+    base = Path(output_dir) / command
+    stem = name or f"{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = base / stem
+    suffix = 1
+    while name is None and run_dir.exists():  # two runs started within the same second
+        suffix += 1
+        run_dir = base / f"{stem}-{suffix}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@contextmanager
+def run_scope(run_dir: Path) -> Iterator[Path]:
+    """Hand ``run_dir`` to DDP children for the duration of a command, then forget it in the launching
+    process, so the next command in the same process (tests, notebooks) starts its own folder."""
+    inherited = os.environ.get(ENV_RUN_DIR)
+    os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
+    try:
+        yield run_dir
+    finally:
+        if inherited is None:
+            os.environ.pop(ENV_RUN_DIR, None)
+
+
+def fit_runs(output_dir: str | Path) -> list[Path]:
+    """Fit run folders that hold a checkpoint, oldest first (by modification time of the checkpoint)."""
+    base = Path(output_dir) / "fit"
+    runs = [p for p in base.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()] if base.is_dir() else []
+    return sorted(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
+
+
+def latest_fit_run(output_dir: str | Path) -> Path:
+    runs = fit_runs(output_dir)
+    if not runs:
+        raise NoRunError(
+            f"No fit run with a checkpoint under {Path(output_dir) / 'fit'}: train one first with "
+            "`python -m lightning_seg fit`, or pass run.ckpt=/path/to/checkpoint.ckpt"
+        )
+    return runs[-1]
+
+
+def resolve_checkpoint(spec: str | None, output_dir: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint from a file, a run folder, or (``None``/"latest") the latest fit run."""
+    if spec in (None, "", "latest", "last"):
+        run = latest_fit_run(output_dir)
+        name = "last" if spec == "last" else prefer
+        path = run / "checkpoints" / f"{name}.ckpt"
+        return path if path.is_file() else run / "checkpoints" / "last.ckpt"
+    path = Path(spec)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / f"{prefer}.ckpt", path / "checkpoints" / "last.ckpt", path / f"{prefer}.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise NoRunError(f"No checkpoint in run folder {path} (looked for checkpoints/{prefer}.ckpt and checkpoints/last.ckpt)")
+    if not path.is_file():
+        raise NoRunError(f"Checkpoint {path} does not exist")
+    return path

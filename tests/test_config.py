@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+
+from lightning_seg.cli import main
+from lightning_seg.config import ConfigError, compose, config_groups
+
+
+def test_defaults_compose_to_synthetic_isic_on_cpu():
+    cfg = compose([])
+    assert (cfg.data.name, cfg.data.source, cfg.data.task) == ("isic", "synthetic", "lesion")
+    assert cfg.trainer.accelerator == "cpu" and cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
+
+
+def test_group_choice_and_dotlist_override():
+    cfg = compose(["data=glaucoma", "trainer.max_epochs=5", "data.task=disc", "logger=csv"])
+    assert (cfg.data.name, cfg.data.task, cfg.trainer.max_epochs, cfg.logger.name) == ("glaucoma", "disc", 5, "csv")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.devise=2", "Did you mean 'trainer.devices'?"),
+        ("data.tsk=disc", "Did you mean 'data.task'?"),
+        ("trainer.max_epochs=two", "trainer.max_epochs"),
+        ("data=glaucom", "Did you mean 'data=glaucoma'?"),
+        ("max_epochs", "key=value"),
+    ],
+)
+def test_bad_overrides_fail_with_one_line_and_a_suggestion(override: str, expected: str):
+    with pytest.raises(ConfigError) as info:
+        compose([override])
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+
+
+def test_cli_reports_config_errors_without_traceback(capsys: pytest.CaptureFixture[str]):
+    assert main(["fit", "trainer.devise=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Unknown config key 'trainer.devise'") and len(err.splitlines()) == 1
+
+
+def test_help_lists_commands_and_groups(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("fit", "validate", "test", *config_groups()):
+        assert word in out
+    assert "ddp_cpu" in out and "glaucoma" in out
+
+
+def test_print_config(capsys: pytest.CaptureFixture[str]):
+    assert main(["fit", "data=glaucoma", "--print-config"]) == 0
+    assert "task: disc_cup" in capsys.readouterr().out
