@@ -27,19 +27,7 @@ from torch import nn
 
 from lightning_seg.attacks import asma
 from lightning_seg.attacks.measure import per_image_iou
-
-
-class SmallUNet(nn.Module):
-    def __init__(self, c: int = 8, k: int = 2) -> None:
-        super().__init__()
-        self.e1 = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.e2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU())
-        self.up = nn.ConvTranspose2d(2 * c, c, 2, stride=2)
-        self.d1 = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, k, 1))
-
-    def forward(self, x):
-        a = self.e1(x)
-        return self.d1(torch.cat([a, self.up(self.e2(a))], 1))
+from lightning_seg.attacks.testing import SmallUNet, synthetic_disks, train_quick
 
 
 def get_model() -> tuple[nn.Module, str]:
@@ -49,31 +37,6 @@ def get_model() -> tuple[nn.Module, str]:
         return build_model("unet", width=8, depth=3), "lightning_seg UNet(width=8, depth=3)"
     except Exception as exc:  # noqa: BLE001 - fall back to the local net whatever the reason
         return SmallUNet(), f"local SmallUNet ({type(exc).__name__})"
-
-
-def disks(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic lesions: a brighter, reddish disk on a noisy background; label = the disk."""
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    c = torch.rand(n, 2, generator=gen) * size * 0.5 + size * 0.25
-    r = torch.rand(n, generator=gen) * size * 0.15 + size * 0.1
-    lab = ((yy - c[:, :1, None]) ** 2 + (xx - c[:, 1:, None]) ** 2 <= r[:, None, None] ** 2).long()
-    x = 0.35 + 0.1 * torch.rand(n, 3, size, size, generator=gen)
-    x = x + lab[:, None] * torch.tensor([0.3, 0.1, 0.05]).view(1, 3, 1, 1)
-    return x.clamp(0, 1), lab
-
-
-def train_quick(model: nn.Module, size: int, dev: torch.device, steps: int = 60) -> None:
-    """A few Adam steps so the network actually depends on its input (seconds on CPU)."""
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        x, y = disks(8, size, gen)
-        loss = nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
 
 
 def sync(dev: torch.device) -> None:
@@ -165,10 +128,10 @@ def main() -> None:
     model, desc = get_model()
     B, S, n = args.batch, args.size, args.iters
     model = model.to(dev)
-    train_quick(model, S, dev)
+    train_quick(model, S, steps=60, device=dev)
     for p in model.parameters():
         p.requires_grad_(False)
-    x, _ = disks(B, S, torch.Generator().manual_seed(1))
+    x, _ = synthetic_disks(B, S, torch.Generator().manual_seed(1))
     x = x.to(dev)
     with torch.no_grad():
         clean = model(x).argmax(1)
@@ -192,7 +155,8 @@ def main() -> None:
     thr = max(float(r_paper.iou.min()) - 0.05, 0.0)
     r_early = asma(model, x, t, iou_threshold=thr, **kw)
     t_early = timed(lambda: asma(model, x, t, iou_threshold=thr, **kw), dev, repeats=2)
-    print(f"\n[2] time to target IoU >= {thr:.2f} (normalized step 2.0, clean IoU {per_image_iou(clean, t).mean():.2f})")
+    iou0 = per_image_iou(clean, t).mean()
+    print(f"\n[2] time to target IoU >= {thr:.2f} (normalized step 2.0, clean IoU {iou0:.2f})")
     print(f"  paper_exact  : {t_paper:7.3f} s  final IoU {[round(v, 2) for v in r_paper.iou.tolist()]}  "
           f"iters {4 * n}, fwd {r_paper.forwards}")
     print(f"  early-stopped: {t_early:7.3f} s  success {r_early.success.float().mean():.2f}  "

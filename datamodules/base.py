@@ -163,7 +163,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if problems:
             message = format_problems(problems, root=root)
             if not self.skip_bad:
-                raise DataError(message + "\nFix or remove these files, or set data.skip_bad=true to skip the bad pairs.")
+                raise DataError(message)  # the message names every bad file and the data.skip_bad option
             warnings.warn(f"Skipping {len(bad)} bad pair(s) (data.skip_bad=true):\n{message}", stacklevel=2)
         records = [r for r in found.records if r.key not in bad]
         if not records:

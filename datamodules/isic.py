@@ -19,4 +19,6 @@ class ISICDataModule(SegmentationDataModule):
     def discover(self, root: Path):
         from datamodules.layouts import discover_isic
 
-        return discover_isic(root, self.layout, **self.options)
+        if self.options:
+            raise ValueError(f"data.options {sorted(self.options)} are not used by the ISIC layouts; remove them")
+        return discover_isic(root, self.layout)

@@ -45,6 +45,7 @@ __all__ = [
 _TAG_ISIC = 0x151C
 _TAG_FUNDUS = 0xF0D5
 _FUNDUS_TASKS = ("disc_cup", "disc")
+_FUNDUS_MIN_SIZE = 32  # smallest size with a non-empty cup for every sample (checked)
 
 # Lesion boundary: r(theta) = 1 + sum_k a_k cos(k theta + phi_k), k = 2.._N_HARM.
 _N_HARM = 9
@@ -165,7 +166,7 @@ def synth_isic_params(index: int, *, seed: int = 0) -> dict[str, Any]:
     scale = math.sqrt(area_frac / (aspect * base_area))
     # Bounding box of the boundary curve, then a centre that keeps it inside the image
     # (2 % margin); lesions too big to fit are centred (they touch the border least).
-    th = np.linspace(0.0, 2.0 * math.pi, 720, endpoint=False)
+    th = np.linspace(0.0, 2.0 * math.pi, 360, endpoint=False)
     r = _fourier_radius(np.cos(th), np.sin(th), amps, phases)
     ex, ey = scale * r * np.cos(th), scale * aspect * r * np.sin(th)
     ca, sa = math.cos(angle), math.sin(angle)
@@ -244,8 +245,10 @@ def _draw_isic(index: int, seed: int, size: int, hairs: bool = True
     lf2 = _lowfreq(rng, size, 5, 2)
     w_red = np.clip((lf2[..., 0] - rng.uniform(0.3, 1.5)) * 1.5, 0, 1) * rng.uniform(0.3, 0.8)
     w_blue = np.clip((lf2[..., 1] - rng.uniform(0.5, 1.8)) * 1.5, 0, 1) * rng.uniform(0.15, 0.45)
-    lesion = lesion + w_red[..., None] * (red * base.mean() * 1.6 - lesion)
-    lesion = lesion + w_blue[..., None] * (blue * base.mean() * 1.4 - lesion)
+    if w_red.max() > 0:  # most lesions have none: skip the full-frame blend
+        lesion = lesion + w_red[..., None] * (red * base.mean() * 1.6 - lesion)
+    if w_blue.max() > 0:
+        lesion = lesion + w_blue[..., None] * (blue * base.mean() * 1.4 - lesion)
     # pigment network: a warped reticular pattern, strongest away from the core
     freq = rng.uniform(10.0, 18.0)
     x, y = _grid(size)
@@ -345,7 +348,8 @@ def synth_fundus_params(index: int, *, seed: int = 0) -> dict[str, Any]:
     Keys: ``side`` (+1 disc right of the fovea, -1 left), ``fov_center``,
     ``fov_radius``, ``fovea``, ``disc_center``, ``disc_axes`` (a horizontal, b
     vertical semi-axes before rotation), ``angle`` (rad, shared by disc and cup),
-    ``cup_center``, ``cup_axes``, ``vcdr`` (true vertical cup-to-disc ratio = vertical
+    ``cup_center``, ``cup_axes``, ``cup_offset_disc_frame`` (cup centre in the frame
+    where the disc is the unit circle), ``vcdr`` (true vertical cup-to-disc ratio = vertical
     extent of the cup / vertical extent of the disc, REFERENCE 6.1), ``disc_height`` and
     ``cup_height``. ``vcdr`` is uniform in [0.3, 0.8]; the cup lies strictly inside the
     disc (in the disc frame: |c| + max cup semi-axis <= 0.88).
@@ -441,8 +445,10 @@ def _vessel_tree(rng: np.random.Generator, p: dict[str, Any]) -> tuple[np.ndarra
     tr = rng.uniform(size=(4, 3))
     ang0 = vert * np.pi / 2 + side * vert * np.where(temporal > 0, 0.15 + 0.3 * tr[:, 0], -(0.5 + 0.5 * tr[:, 0]))
     w0 = np.where(temporal > 0, 0.011 + 0.004 * tr[:, 1], 0.007 + 0.003 * tr[:, 1])
-    curv = np.where(temporal > 0, -side * vert * (0.035 + 0.025 * tr[:, 2]), side * vert * 0.03 * tr[:, 2])
-    x0 = np.full(4, p["cup_center"][0])
+    # arcades turn from vertical towards the temporal side, around the macula
+    curv = np.where(temporal > 0, side * vert * (0.02 + 0.015 * tr[:, 2]), -side * vert * 0.03 * tr[:, 2])
+    # central retinal vessels emerge at the nasal side of the cup
+    x0 = np.full(4, p["cup_center"][0] + side * 0.6 * p["cup_axes"][0])
     y0 = np.full(4, p["cup_center"][1])
     r2 = (fr + 0.02) ** 2
     all_pts, all_w, all_n = [], [], []
@@ -450,7 +456,7 @@ def _vessel_tree(rng: np.random.Generator, p: dict[str, Any]) -> tuple[np.ndarra
         nb = x0.size
         if nb == 0:
             break
-        ang = ang0[:, None] + np.cumsum(curv[:, None] + rng.normal(0.0, 0.12, (nb, n_steps)), axis=1)
+        ang = ang0[:, None] + np.cumsum(curv[:, None] + rng.normal(0.0, 0.09, (nb, n_steps)), axis=1)
         pts = np.empty((nb, n_steps + 1, 2))
         pts[:, 0, 0], pts[:, 0, 1] = x0, y0
         pts[:, 1:, 0] = x0[:, None] + np.cumsum(step * np.cos(ang), axis=1)
@@ -477,7 +483,8 @@ def _vessel_tree(rng: np.random.Generator, p: dict[str, Any]) -> tuple[np.ndarra
     return np.concatenate(all_pts), np.concatenate(all_w), np.concatenate(all_n)
 
 
-def _draw_fundus(index: int, seed: int, size: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+def _draw_fundus(index: int, seed: int, size: int, task: str, vessels: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     p = synth_fundus_params(index, seed=seed)
     rng = np.random.default_rng([int(seed), int(index), _TAG_FUNDUS, 1])
     x, y = _grid(size)
@@ -536,7 +543,11 @@ def _draw_fundus(index: int, seed: int, size: int, task: str) -> tuple[np.ndarra
         cv2.polylines(canvas, polys, False, 255, th, cv2.LINE_AA, shift=4)
     vcov = _downsample_coverage(canvas, size)[..., None]
     vessel_col = np.array([0.45, 0.07, 0.04], np.float32) * illum[..., None]
-    img = img + vcov * rng.uniform(0.6, 0.85) * (vessel_col - img)
+    # vessels dive into the excavation: fainter over the cup, which stays the palest area
+    vcov = vcov * (1.0 - 0.6 * a_cup)
+    v_opacity = rng.uniform(0.6, 0.85)  # always drawn: later draws must not shift
+    v_opacity = v_opacity if vessels else 0.0
+    img = img + vcov * v_opacity * (vessel_col - img)
 
     # --- dark circular field of view, blur, noise
     w_f = 1.5 * size / 128.0
@@ -553,12 +564,15 @@ def synth_fundus(index: int, *, seed: int = 0, size: int = 128, task: str = "dis
     """One macula-centred fundus-like sample: uint8 HxWx3 RGB image and uint8 HxW mask.
 
     ``task="disc_cup"``: mask {0 background, 1 rim, 2 cup} (disc = mask >= 1);
-    ``task="disc"``: mask {0, 1}. Dark circular FOV, orange-red retina with luminance
+    ``task="disc"``: mask {0, 1}. ``size`` >= 32 (smaller cups may hit no pixel centre). Dark circular FOV, orange-red retina with luminance
     gradient and darker macula, yellow optic disc with a pale cup (vCDR uniform in
     [0.3, 0.8], see :func:`synth_fundus_params`), a branching vessel tree crossing the
     rim (image only), blur and noise. Deterministic in ``(seed, index)``.
     """
     _check_args(index, seed, size)
+    if size < _FUNDUS_MIN_SIZE:  # small cups fall between pixel centres below this
+        raise ValueError(f"synth_fundus size must be >= {_FUNDUS_MIN_SIZE} pixels so that the cup and rim "
+                         f"masks are never empty, got {size}")
     if task not in _FUNDUS_TASKS:
         raise ValueError(f"task must be one of {_FUNDUS_TASKS}, got {task!r}")
     return _draw_fundus(int(index), int(seed), int(size), task)

@@ -14,9 +14,11 @@ from typing import Any
 from lightning_seg.config import ConfigError, compose, config_groups
 
 COMMANDS: dict[str, str] = {
+    "demo": "the main job on the embedded synthetic data: fit ISIC and glaucoma segmenters, write a summary",
     "fit": "train a segmenter (resume with run.resume=last)",
     "validate": "evaluate a checkpoint on the validation split (run.ckpt=..., default: latest fit run)",
     "test": "evaluate a checkpoint on the test split",
+    "attack": "attack a checkpoint (default: latest fit run) with attack=[ssm,asm,asma,dag]; Table-1 report + panels",
 }
 
 
@@ -51,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def compose_for(command: str, overrides: list[str], extra_files: list[str] | None = None) -> Any:
     """Compose the config for a command; evaluation commands start from the checkpoint's stored data config."""
     cfg = compose(overrides, extra_files=extra_files)
-    if command in ("validate", "test"):
+    if command in ("validate", "test", "attack"):
         from lightning_seg.runs import resolve_checkpoint
         from lightning_seg.train import load_checkpoint_config
 
@@ -82,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from lightning_seg import train
 
+        from lightning_seg.attack_run import attack
+        from lightning_seg.demo import demo
+
         runners: dict[str, Callable[[Any], dict[str, Any]]] = {
+            "demo": lambda c: demo(overrides),
             "fit": train.fit,
             "validate": lambda c: train.evaluate(c, "validate"),
             "test": lambda c: train.evaluate(c, "test"),
+            "attack": attack,
         }
         result = runners[args.command](cfg)
     except (ConfigError, NoRunError) as e:
@@ -103,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(result: dict[str, Any]) -> str:
+    if result["command"] == "attack":
+        return f"{result['table']}\n\nattack: run folder {result['run_dir']}"
+    if result["command"] == "demo":
+        return f"{result['table']}\n\nsummary: {result['run_dir']}/summary.md  ({result['total_seconds']:.0f} s in total)"
     lines = [f"{result['command']}: run folder {result['run_dir']}"]
     for key, value in result.get("metrics", {}).items():
         if key.split("/")[0] in ("val", "test") and not key.endswith("_step"):

@@ -29,8 +29,8 @@ class DataConfig:
     root: Optional[str] = None  # data folder for source=folder
     layout: str = "auto"  # auto-detect, or a layout name (isic2016, isic2017, isic2018, refuge, drishti, ...)
     task: str = "lesion"  # lesion (ISIC) | disc | disc_cup (glaucoma)
-    image_size: int = 128  # images are resized to image_size x image_size
-    num_train: int = 320  # synthetic set sizes
+    image_size: int = 96  # images are resized to image_size x image_size
+    num_train: int = 256  # synthetic set sizes
     num_val: int = 64
     num_test: int = 64
     data_seed: int = 0  # seed of the synthetic images and of the random split (independent of the training seed)
@@ -50,7 +50,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "unet"
     width: int = 16
-    depth: int = 4
+    depth: int = 3
     padding: str = "same"  # same | valid
     norm: str = "batch"  # batch | group | none
     upsample: str = "transpose"  # transpose | bilinear
@@ -79,7 +79,7 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | ddp_spawn
     num_nodes: int = 1
     precision: str = "32-true"
-    max_epochs: int = 12
+    max_epochs: int = 10
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
     limit_test_batches: Any = 1.0
@@ -109,6 +109,18 @@ class RunConfig:
 
 
 @dataclass
+class AttackEvalConfig:
+    split: str = "val"  # images attacked by the `attack` command: val | test | train
+    num_images: int = 32  # first N images of the split (sorted); targets from the same N images
+    batch_size: int = 16
+    target: str = "other_image"  # target generator (lightning_seg.targets.TARGETS); other_image = the ASMA paper's protocol
+    target_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # seeds target pairing (other_image: a seeded derangement) and random target edits
+    panels: int = 3  # image panels saved per attack
+    up_train_batches: int = 8  # training batches used to fit the universal perturbation (attack=up)
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,6 +130,13 @@ class RootConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    attack_eval: AttackEvalConfig = field(default_factory=AttackEvalConfig)
+    # attack name -> its hyper-parameters (conf/attack/<name>.yaml); validated by lightning_seg.attacks.build_attack
+    attack: dict[str, Any] = field(default_factory=dict)
+
+
+# Groups whose choice can be a list (attack=[ssm,asm,asma,dag]): each choice becomes a sub-key.
+MULTI_GROUPS = ("attack",)
 
 
 def conf_dir() -> Path:
@@ -169,21 +188,32 @@ def _load_yaml(path: Path) -> DictConfig:
     return node
 
 
-def split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate group choices (``data=glaucoma``) from dotlist overrides (``data.task=disc``)."""
+def _choice_list(value: str) -> list[str]:
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        return [v.strip() for v in value[1:-1].split(",") if v.strip()]
+    return [value]
+
+
+def split_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Separate group choices (``data=glaucoma``, ``attack=[asma,dag]``) from dotlist overrides (``data.task=disc``)."""
     groups = config_groups()
-    choices: dict[str, str] = {}
+    choices: dict[str, Any] = {}
     dotlist: list[str] = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"Override {item!r} is not of the form key=value (e.g. trainer.max_epochs=5 or data=glaucoma)")
         key, value = item.split("=", 1)
         if key in groups:
-            if value not in groups[key]:
-                close = difflib.get_close_matches(value, groups[key], n=1)
-                hint = f" Did you mean '{key}={close[0]}'?" if close else ""
-                raise ConfigError(f"Unknown choice {key}={value}.{hint} Choices for {key}: {', '.join(groups[key])}.")
-            choices[key] = value
+            values = _choice_list(value)
+            if len(values) != 1 and key not in MULTI_GROUPS:
+                raise ConfigError(f"{key}={value}: only one choice is allowed for {key}")
+            for v in values:
+                if v not in groups[key]:
+                    close = difflib.get_close_matches(v, groups[key], n=1)
+                    hint = f" Did you mean '{key}={close[0]}'?" if close else ""
+                    raise ConfigError(f"Unknown choice {key}={v}.{hint} Choices for {key}: {', '.join(groups[key])}.")
+            choices[key] = values if key in MULTI_GROUPS else values[0]
         else:
             dotlist.append(item)
     return choices, dotlist
@@ -202,10 +232,10 @@ def compose(
     defaults = top.pop("defaults", [])
     cfg = _merge(cfg, top, "conf/config.yaml")
     choices, dotlist = split_overrides(overrides)
-    selected: dict[str, str] = {}
+    selected: dict[str, Any] = {}
     for entry in defaults if isinstance(defaults, ListConfig) else []:
         for group, choice in dict(entry).items():
-            selected[str(group)] = str(choice)
+            selected[str(group)] = [str(c) for c in choice] if isinstance(choice, ListConfig) else str(choice)
     if base:
         cfg = _merge_groups(cfg, root, {g: c for g, c in selected.items() if g not in choices})
         cfg = _merge(cfg, base, "the checkpoint's stored config")
@@ -219,23 +249,44 @@ def compose(
         key = item.split("=", 1)[0]
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"Unknown config key '{key}'.{_suggest(key, cfg)} Run `python -m lightning_seg --help` for the groups.")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item}")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([_fraction(item)]), f"override {item}")
     OmegaConf.set_readonly(cfg, False)
     return cfg
 
 
-def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, str]) -> DictConfig:
+def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> DictConfig:
     for group, choice in selected.items():
-        path = root / group / f"{choice}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"No config file {path} for {group}={choice}")
+        if group in MULTI_GROUPS:
+            cfg[group] = {}  # a chosen list replaces the default list
+            for c in choice:
+                node = _load_yaml(_group_file(root, group, c))
+                node.pop("name", None)
+                cfg = _merge(cfg, {group: {c: node}}, f"conf/{group}/{c}.yaml")
+            continue
         if group not in cfg:
-            # Groups without a schema section yet (e.g. attack, defense) are plain mappings.
+            # Groups without a schema section yet (e.g. defense) are plain mappings.
             OmegaConf.set_struct(cfg, False)
             cfg[group] = {}
             OmegaConf.set_struct(cfg, True)
-        cfg = _merge(cfg, {group: _load_yaml(path)}, f"conf/{group}/{choice}.yaml")
+        cfg = _merge(cfg, {group: _load_yaml(_group_file(root, group, choice))}, f"conf/{group}/{choice}.yaml")
     return cfg
+
+
+def _group_file(root: Path, group: str, choice: str) -> Path:
+    path = root / group / f"{choice}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"No config file {path} for {group}={choice}")
+    return path
+
+
+def _fraction(item: str) -> str:
+    """``attack.pgd.eps=8/255`` -> ``attack.pgd.eps=0.0313...``: OmegaConf would keep ``8/255`` as a string (REFERENCE 1.2)."""
+    key, value = item.split("=", 1)
+    num, sep, den = value.partition("/")
+    try:
+        return f"{key}={float(num) / float(den)!r}" if sep else item
+    except ValueError:
+        return item
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

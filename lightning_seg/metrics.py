@@ -8,6 +8,7 @@ Dice and IoU are per-image scores averaged over images (torchmetrics ``DiceScore
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
@@ -43,3 +44,12 @@ class StructureMetrics(nn.Module):
     def reset(self) -> None:
         self.dice.reset()
         self.iou.reset()
+
+
+def per_image_dice(pred: Tensor, labels: Tensor, task: Task) -> Tensor:
+    """Hard Dice per image and structure [B, S] from class-index maps; Dice(empty, empty) = 1."""
+    p = task.structure_masks(pred).bool()
+    t = task.structure_masks(labels).bool()
+    inter = (p & t).sum((2, 3)).double()
+    denom = (p.sum((2, 3)) + t.sum((2, 3))).double()
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)).float()

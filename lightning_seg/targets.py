@@ -232,7 +232,8 @@ def _cup_desired(masks: Tensor, delta: Param | None, factor: Param | None, sign:
 @TARGETS.register("cup_enlarge")
 def cup_enlarge(masks: Tensor, *, delta: Param | None = None, factor: Param | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-    """Raise the vCDR by ``delta`` (absolute, default 0.2) or multiply it by ``factor`` (>1), cup kept inside the disc."""
+    """Raise the vCDR by ``delta`` (absolute, default 0.2) or multiply it by ``factor`` (>1);
+    the cup stays inside the disc."""
     return _cup_rescale(masks, _cup_desired(masks, delta, factor, +1.0, generator))
 
 

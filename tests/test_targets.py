@@ -50,7 +50,8 @@ def optic() -> torch.Tensor:
 
 
 def plausible(mask: np.ndarray) -> None:
-    """One connected region, no holes, smooth boundary (a 3x3 opening/closing changes < 4 % or a few raster-corner pixels)."""
+    """One connected region, no holes, smooth boundary (a 3x3 opening/closing changes < 4 %
+    or a few raster-corner pixels)."""
     fg = mask.astype(bool)
     _, n = ndimage.label(fg)
     assert n == 1, f"{n} connected components"

@@ -57,7 +57,9 @@ from lightning_seg.attacks.measure import l2_norm, linf_norm, per_image_iou, pix
 from lightning_seg.attacks.result import AttackResult
 
 
-def _asma_loss(z: Tensor, targets: Tensor, mask: Tensor, delta: Tensor, adaptive_mask: bool, l2_weight: float) -> tuple[Tensor, Tensor]:
+def _asma_loss(
+    z: Tensor, targets: Tensor, mask: Tensor, delta: Tensor, adaptive_mask: bool, l2_weight: float
+) -> tuple[Tensor, Tensor]:
     """Per-image J (Eq. 2 minus the squared L2 term) and the prediction."""
     pred = z.argmax(1)
     active = mask & (pred != targets) if adaptive_mask else mask
@@ -231,7 +233,9 @@ def _paper_exact(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: T
         iou2 = per_image_iou(pred2, tgt, cnt, int(z.shape[1]))
         if dynamic_multiplier:
             mu = beta * iou2 + tau
-        stats = {"iou": iou2, "pixel_acc": pixel_accuracy(pred2, tgt, cnt), "l2": l2_norm(d_un), "linf": linf_norm(d_un)}
+        stats = {
+            "iou": iou2, "pixel_acc": pixel_accuracy(pred2, tgt, cnt), "l2": l2_norm(d_un), "linf": linf_norm(d_un)
+        }
         delta = (x0 + d_un).clamp(0.0, 1.0) - x0
     iters = torch.full((B,), max_iter, dtype=torch.long, device=x0.device)
     return delta, iters, stats

@@ -5,7 +5,7 @@ Each config's fields are the attack function's keyword hyper-parameters plus ``n
 with it on every call). ``conf/attack/<name>.yaml`` holds the same defaults. Budgets (eps,
 alpha, gamma, ...) accept strings such as ``"8/255"`` via :func:`parse_fraction` in
 ``__post_init__``; an OmegaConf structured schema typed ``float`` rejects such strings, so the
-config layer should either type them ``Any`` or call ``parse_fraction`` before merging.
+config layer should pass CLI overrides through :func:`normalize_fraction_overrides` first.
 
     attack = build_attack("asma", iou_threshold=0.9)     # or ATTACKS.get("asma")(...)
     result = attack(model, images, targets, mask=valid)  # -> AttackResult
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +183,21 @@ _FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
 }
 
 
+_FRACTION = re.compile(r"^\s*[-+]?\d*\.?\d+(e[-+]?\d+)?\s*/\s*\d*\.?\d+(e[-+]?\d+)?\s*$", re.IGNORECASE)
+
+
+def normalize_fraction_overrides(dotlist: list[str]) -> list[str]:
+    """Rewrite ``key=8/255`` dotlist overrides to ``key=0.0313...`` so that an OmegaConf
+    structured schema typed ``float`` accepts them (OmegaConf keeps ``8/255`` as a string)."""
+    out = []
+    for item in dotlist:
+        key, sep, value = item.partition("=")
+        if sep and _FRACTION.match(value):
+            item = f"{key}={parse_fraction(value)!r}"
+        out.append(item)
+    return out
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
 
@@ -219,7 +235,7 @@ class UniversalAttack:
         c = self.config
         gen = None
         if c.random_start and c.seed is not None:
-            gen = torch.Generator().manual_seed(int(c.seed))  # CPU generator; delta is drawn on the data device
+            gen = torch.Generator().manual_seed(int(c.seed))  # CPU draw, moved to the data device
         self.perturbation = universal_perturbation(
             model, batches, eps=c.eps, alpha=c.alpha, epochs=c.epochs, mode=c.mode, target=target,
             hide_class=c.hide_class, omega=c.omega, tau_conf=c.tau_conf, reference=c.reference,
@@ -270,4 +286,5 @@ def build_attack(name: str, **overrides: Any) -> Attack | UniversalAttack:
 __all__ = [
     "ATTACKS", "CONFIGS", "Attack", "AsmConfig", "AsmaConfig", "CosPgdConfig", "DagConfig", "FgsmConfig",
     "PgdConfig", "SegPgdConfig", "SsmConfig", "UniversalAttack", "UpConfig", "build_attack",
+    "normalize_fraction_overrides",
 ]

@@ -48,7 +48,9 @@ class UniversalPerturbation:
     def apply(self, images: Tensor) -> Tensor:
         """``clamp(images + delta, 0, 1)`` for images [B,C,H,W] of the training size."""
         if tuple(images.shape[1:]) != tuple(self.delta.shape[1:]):
-            raise ValueError(f"images {tuple(images.shape[1:])} do not match the perturbation {tuple(self.delta.shape[1:])}")
+            raise ValueError(
+                f"images {tuple(images.shape[1:])} do not match the perturbation {tuple(self.delta.shape[1:])}"
+            )
         return (images + self.delta.to(images)).clamp(0.0, 1.0)
 
 
@@ -70,7 +72,9 @@ def hide_class_target(ref: Tensor, hide_class: int, num_classes: int) -> Tensor:
     return torch.where(hidden, fill, ref)
 
 
-def _make_target(z: Tensor, labels: Tensor, mode: str, target: Tensor | None, hide_class: int, reference: str) -> tuple[Tensor, Tensor]:
+def _make_target(
+    z: Tensor, labels: Tensor, mode: str, target: Tensor | None, hide_class: int, reference: str
+) -> tuple[Tensor, Tensor]:
     """(target [B,h,w], I_o indicator [B,h,w])."""
     ref = z.argmax(1) if reference == "prediction" else labels
     if mode == "static":
@@ -137,13 +141,17 @@ def universal_perturbation(
                 if delta is None:
                     delta = torch.zeros_like(x0[:1])
                     if random_start:
-                        u = torch.rand(delta.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                        gdev = generator.device if generator is not None else x0.device
+                        u = torch.rand(delta.shape, generator=generator, device=gdev).to(x0)
                         delta = (2 * u - 1) * eps
                 with torch.no_grad():
                     z0 = ctx.forward(x0)
                 check_output(z0, lab)
                 tgt, is_o = _make_target(z0, lab, mode, target, hide_class, reference)
-                weight = torch.where(is_o, omega, 1 - omega) if mode == "dynamic" else torch.full_like(lab, 0.5, dtype=x0.dtype)
+                if mode == "dynamic":
+                    weight = torch.where(is_o, omega, 1 - omega)
+                else:
+                    weight = torch.full_like(lab, 0.5, dtype=x0.dtype)
                 d = delta.clone().requires_grad_(True)
                 z = ctx.forward((x0 + d).clamp(0.0, 1.0))
                 ce = F.cross_entropy(z, tgt, reduction="none")

@@ -1,0 +1,259 @@
+"""The ``attack`` command: run registered attacks on a trained segmenter and report Table-1 style results.
+
+Protocol (ASMA paper, REFERENCE 5.1): the first ``attack_eval.num_images`` images of a split are
+attacked; targeted attacks aim at another image's mask (a seeded derangement of those images, or a
+clinical edit from ``lightning_seg.targets``); untargeted attacks use the ground truth. Every image's
+result is kept: success, IoU and pixel accuracy against the attack's reference (target or ground
+truth), L2 / Linf / RMS of the perturbation, iterations, and Dice of the adversarial prediction
+against the ground truth. The run folder gets ``per_image.{csv,json}``, ``summary.{md,csv}``,
+``panels/*.png`` and ``results.json``; W&B gets the same tables and the panels with mask overlays.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lightning_seg.attacks import ATTACKS, UniversalAttack, build_attack
+from lightning_seg.attacks.universal import hide_class_target
+from lightning_seg.config import to_plain
+from lightning_seg.io import atomic_write, write_json, write_text
+from lightning_seg.lit_module import SegmentationModule, load_module
+from lightning_seg.metrics import per_image_dice
+from lightning_seg.panels import attack_panel, save_png
+from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
+from lightning_seg.targets import derangement_pairs, make_target
+from lightning_seg.train import build_datamodule_from
+
+TABLE_COLUMNS = ("l2", "linf", "iou", "pixel_acc")
+
+
+def attack(cfg: DictConfig) -> dict[str, Any]:
+    """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run) with every attack in ``cfg.attack``."""
+    if not cfg.attack:
+        raise ValueError("No attack selected: choose some, e.g. attack=[ssm,asm,asma,dag]")
+    attacks = {name: build_attack(name, **params) for name, params in to_plain(cfg.attack).items()}  # fail early on bad keys
+    ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
+    run_dir = new_run_dir(cfg.run.output_dir, "attack", cfg.data.name, cfg.run.name)
+    with run_scope(run_dir):
+        return _attack(cfg, attacks, ckpt, run_dir)
+
+
+def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path) -> dict[str, Any]:
+    pl.seed_everything(cfg.seed, verbose=False)
+    ev = cfg.attack_eval
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    module = load_module(str(ckpt))
+    if module.task.name != cfg.data.task:
+        raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
+    net = module.net.eval()
+    device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
+    net.to(device)
+    dm = build_datamodule_from(cfg)
+    dm.setup()
+    images, labels, keys = _load_split(dm, ev.split, ev.num_images, device)
+    with torch.no_grad():
+        clean_pred = torch.cat([net(x).argmax(1) for x in images.split(ev.batch_size)])
+    labels = SegmentationModule.align(clean_pred.unsqueeze(1), labels)
+    targets, target_keys = _targets(labels, keys, ev, device)
+    clean_dice = per_image_dice(clean_pred, labels, module.task)
+
+    logger = _Logger(cfg, run_dir)
+    rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    panels: dict[str, list[Path]] = {}
+    progress = tqdm(total=len(attacks) * math.ceil(len(images) / ev.batch_size), desc="attack", unit="batch", disable=None)
+    for name, atk in attacks.items():
+        targeted = bool(getattr(atk, "targeted", getattr(atk.config, "targeted", True)))
+        reference = targets if targeted else labels
+        if isinstance(atk, UniversalAttack):
+            atk.fit(net, _train_batches(dm, ev.up_train_batches, device))
+            reference = hide_class_target(clean_pred, atk.config.hide_class, module.task.num_classes)
+        start = time.perf_counter()
+        results = []
+        for x, ref in zip(images.split(ev.batch_size), reference.split(ev.batch_size)):
+            results.append(atk(net, x, ref))
+            progress.update(1)
+        seconds = time.perf_counter() - start
+        method_rows = _rows(name, targeted, results, keys, target_keys if targeted else keys, labels, clean_dice, module)
+        rows += method_rows
+        summaries.append(_summarise(name, targeted, method_rows, results, seconds))
+        panels[name] = _panels(name, results, images, reference, ev.panels, run_dir, keys)
+        logger.method(name, results, images, reference, labels, ev.panels)
+    progress.close()
+
+    _write_csv(run_dir / "per_image.csv", rows)
+    write_json(run_dir / "per_image.json", rows)
+    _write_csv(run_dir / "summary.csv", summaries)
+    table = table1(summaries)
+    header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(images)} {ev.split} images, "
+              f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
+    write_text(run_dir / "summary.md", f"# Attack results\n\n{header}\n\n{table}\n")
+    result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt), "table": table,
+              "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}}
+    write_json(run_dir / "results.json", result)
+    logger.finish(summaries, rows)
+    return result
+
+
+def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
+    ds = dm.dataset(split)
+    n = min(n, len(ds))
+    if n < 1:
+        raise ValueError(f"The {split} split is empty: nothing to attack")
+    items = [ds[(i, 0)] for i in range(n)]
+    images = torch.stack([it["image"] for it in items]).to(device)
+    labels = torch.stack([it["mask"] for it in items]).to(device)
+    return images, labels, [it["key"] for it in items]
+
+
+def _targets(labels: Tensor, keys: list[str], ev: Any, device: torch.device) -> tuple[Tensor, list[str]]:
+    if ev.target == "other_image":
+        if len(keys) < 2:
+            raise ValueError("target=other_image needs at least 2 images (attack_eval.num_images >= 2)")
+        pairs = derangement_pairs(len(keys), seed=ev.seed)
+        order = [t for _, t in sorted(pairs)]
+        return labels[order].clone(), [keys[t] for t in order]
+    generator = torch.Generator(device=device).manual_seed(ev.seed)
+    targets = make_target(ev.target, labels, generator=generator, **to_plain_dict(ev.target_params))
+    return targets, [f"{k}:{ev.target}" for k in keys]
+
+
+def to_plain_dict(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _train_batches(dm: Any, n: int, device: torch.device):
+    for i, batch in enumerate(dm.train_dataloader()):
+        if i >= n:
+            break
+        yield batch["image"].to(device), batch["mask"].to(device)
+
+
+def _rows(name: str, targeted: bool, results: list[Any], keys: list[str], ref_keys: list[str], labels: Tensor,
+          clean_dice: Tensor, module: SegmentationModule) -> list[dict[str, Any]]:
+    pred = torch.cat([r.pred for r in results])
+    adv_dice = per_image_dice(pred, labels, module.task)
+    structures = module.task.structure_names
+    records = [rec for r in results for rec in r.to_records()]
+    n_per = sum(len(r) for r in results)
+    fwd = sum(r.forwards for r in results) / n_per
+    bwd = sum(r.backwards for r in results) / n_per
+    out = []
+    for i, rec in enumerate(records):
+        row = {"method": name, "image": keys[i], "reference": ref_keys[i], "targeted": targeted}
+        row.update({k: v for k, v in rec.items() if k not in ("index", "targeted")})
+        for j, s in enumerate(structures):
+            row[f"clean_dice_{s}"] = float(clean_dice[i, j])
+            row[f"adv_dice_{s}"] = float(adv_dice[i, j])
+        row["forwards_per_image"], row["backwards_per_image"] = fwd, bwd
+        out.append(row)
+    return out
+
+
+def _summarise(name: str, targeted: bool, rows: list[dict[str, Any]], results: list[Any], seconds: float) -> dict[str, Any]:
+    t = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in ("l2", "linf", "rms", "iou", "pixel_acc", "iterations")}
+    out: dict[str, Any] = {"method": name, "targeted": targeted, "n": len(rows),
+                           "success_rate": sum(bool(r["success"]) for r in rows) / len(rows)}
+    for k, v in t.items():
+        out[f"{k}_mean"], out[f"{k}_std"] = float(v.mean()), float(v.std(unbiased=False))
+    for k in rows[0]:
+        if k.startswith("adv_dice_") or k.startswith("clean_dice_"):
+            out[f"{k}_mean"] = sum(r[k] for r in rows) / len(rows)
+    out["forwards_per_image"], out["backwards_per_image"] = rows[0]["forwards_per_image"], rows[0]["backwards_per_image"]
+    out["seconds"] = round(seconds, 2)
+    return out
+
+
+def table1(summaries: list[dict[str, Any]]) -> str:
+    """Markdown table in the layout of ASMA Table 1 (+ success, RMS in 1/255 units, iterations and cost)."""
+    lines = ["| method | reference | L2 | Linf | IoU | pixel acc. | success | RMS (x255) | iterations | fwd/img | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        pct = lambda k: f"{100 * s[k + '_mean']:.1f} % +- {100 * s[k + '_std']:.1f}"  # noqa: E731
+        lines.append(
+            f"| {s['method']} | {'target' if s['targeted'] else 'ground truth'} | {s['l2_mean']:.2f} +- {s['l2_std']:.2f} | "
+            f"{s['linf_mean']:.3f} +- {s['linf_std']:.3f} | {pct('iou')} | {pct('pixel_acc')} | {100 * s['success_rate']:.0f} % | "
+            f"{255 * s['rms_mean']:.2f} | {s['iterations_mean']:.0f} | {s['forwards_per_image']:.0f} | {s['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _panels(name: str, results: list[Any], images: Tensor, reference: Tensor, n: int, run_dir: Path, keys: list[str]) -> list[Path]:
+    adv = torch.cat([r.adv for r in results])
+    pred = torch.cat([r.pred for r in results])
+    iou = torch.cat([r.iou for r in results])
+    paths = []
+    for i in range(min(n, len(adv))):
+        panel = attack_panel(images[i], reference[i], adv[i], pred[i], title=f"{name} | {keys[i]} | IoU {float(iou[i]):.3f}")
+        path = run_dir / "panels" / f"{name}_{i:03d}.png"
+        save_png(panel, path)
+        paths.append(path)
+    return paths
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(f: io.TextIOBase) -> None:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+class _Logger:
+    """W&B logging for the attack command (no Trainer here): tables, summary metrics, panels with mask overlays."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.run = None
+        if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
+            return
+        import wandb
+
+        self.wandb = wandb
+        self.classes = {0: "background", 1: "lesion" if cfg.data.task == "lesion" else "disc / rim", 2: "cup"}
+        self.run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), mode=cfg.logger.mode,
+                              job_type="attack", name=f"attack/{run_dir.name}", config=to_plain(cfg), tags=list(cfg.logger.tags),
+                              reinit="finish_previous")
+
+    def method(self, name: str, results: list[Any], images: Tensor, reference: Tensor, labels: Tensor, n: int) -> None:
+        if self.run is None:
+            return
+        from lightning_seg.panels import to_uint8
+
+        adv = torch.cat([r.adv for r in results])
+        pred = torch.cat([r.pred for r in results])
+        media = []
+        for i in range(min(n, len(adv))):
+            masks = {"prediction": {"mask_data": pred[i].cpu().numpy(), "class_labels": self.classes},
+                     "reference": {"mask_data": reference[i].cpu().numpy(), "class_labels": self.classes}}
+            media.append(self.wandb.Image(to_uint8(adv[i]), masks=masks, caption=f"{name} #{i}"))
+        self.run.log({f"attack/{name}/panels": media})
+
+    def finish(self, summaries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        if self.run is None:
+            return
+        for s in summaries:
+            for k, v in s.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.run.summary[f"attack/{s['method']}/{k}"] = v
+        cols = list(summaries[0])
+        self.run.log({"attack/summary": self.wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in summaries])})
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        self.run.log({"attack/per_image": self.wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+        self.run.finish()
+
+
+__all__ = ["ATTACKS", "attack", "table1"]
