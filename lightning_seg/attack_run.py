@@ -42,7 +42,8 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
     """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run) with every attack in ``cfg.attack``."""
     if not cfg.attack:
         raise ValueError("No attack selected: choose some, e.g. attack=[ssm,asm,asma,dag]")
-    attacks = {name: build_attack(name, **params) for name, params in to_plain(cfg.attack).items()}  # fail early on bad keys
+    # key = the label in reports (e.g. asma_paper); params["name"] = the registered attack. Bad keys fail here, early.
+    attacks = {key: build_attack(params.pop("name", key), **params) for key, params in to_plain(cfg.attack).items()}
     ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
     run_dir = new_run_dir(cfg.run.output_dir, "attack", cfg.data.name, cfg.run.name)
     with run_scope(run_dir):

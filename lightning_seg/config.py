@@ -259,8 +259,7 @@ def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> Dict
         if group in MULTI_GROUPS:
             cfg[group] = {}  # a chosen list replaces the default list
             for c in choice:
-                node = _load_yaml(_group_file(root, group, c))
-                node.pop("name", None)
+                node = _load_yaml(_group_file(root, group, c))  # its `name` is the registered attack it configures
                 cfg = _merge(cfg, {group: {c: node}}, f"conf/{group}/{c}.yaml")
             continue
         if group not in cfg:

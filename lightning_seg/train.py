@@ -107,6 +107,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], 
         deterministic=t.deterministic,
         callbacks=callbacks,
         logger=logger,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # no default checkpoints in validate/test
         inference_mode=False,  # attacks need input gradients in validate/test (REFERENCE 8.1)
         use_distributed_sampler=False,  # datamodules.sampling.EpochSampler splits ranks itself
         enable_model_summary=False,

@@ -1,0 +1,86 @@
+"""The `attack` command end to end on a tiny trained model: files, table, panels, errors, W&B."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lightning_seg.attack_run import attack
+from lightning_seg.cli import compose_for, main
+from lightning_seg.config import compose
+from lightning_seg.train import fit
+
+FAST = {"attack.ssm.max_iter": 15, "attack.asm.max_iter": 15, "attack.asma.max_iter": 15, "attack.dag.max_iter": 15,
+        "attack.dag.targeted": "true", "attack_eval.num_images": 4, "attack_eval.batch_size": 4, "attack_eval.panels": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    from tests.conftest import tiny_overrides
+
+    root = tmp_path_factory.mktemp("attack_cmd") / "runs"
+    result = fit(compose(tiny_overrides(root, **{"trainer.max_epochs": 2})))
+    return root, result
+
+
+def test_no_fit_run_gives_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["attack", f"run.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "No fit run" in err and "python -m lightning_seg fit" in err
+
+
+def test_unknown_attack_key_fails_before_anything_runs(trained):
+    root, _ = trained
+    with pytest.raises(TypeError, match="Did you mean: 'max_iter'"):
+        attack(_with(root, {"attack.asma.max_itr": 3}))
+    assert not (root / "attack").exists()
+
+
+def _with(root: Path, extra: dict) -> object:
+    from omegaconf import OmegaConf
+
+    cfg = compose([f"run.output_dir={root}", "attack=[asma]", "logger=none"])
+    OmegaConf.set_struct(cfg, False)
+    for key, value in extra.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def test_table1_run_folder(trained):
+    root, fitted = trained
+    overrides = [f"run.output_dir={root}", "attack=[ssm,asm,asma,dag]", "logger=none", *[f"{k}={v}" for k, v in FAST.items()]]
+    cfg = compose_for("attack", overrides)
+    assert cfg.data.task == "lesion"  # data config from the checkpoint
+    result = attack(cfg)
+    run = Path(result["run_dir"])
+    rows = list(csv.DictReader((run / "per_image.csv").open()))
+    assert len(rows) == 16 and {r["method"] for r in rows} == {"ssm", "asm", "asma", "dag"}
+    for r in rows:
+        assert r["image"] != r["reference"]  # targets come from another image (the paper's protocol)
+        assert 0 <= float(r["iou"]) <= 1 and float(r["l2"]) >= 0 and float(r["linf"]) <= 1
+    assert json.loads((run / "per_image.json").read_text()) and (run / "summary.csv").is_file()
+    table = (run / "summary.md").read_text()
+    assert "| method | reference | L2 | Linf | IoU | pixel acc." in table
+    for name in ("ssm", "asm", "asma", "dag"):
+        assert f"| {name} | target |" in table
+        assert (run / "panels" / f"{name}_000.png").is_file()
+    summary = {s["method"]: s for s in json.loads((run / "results.json").read_text())["summary"]}
+    assert summary["asma"]["forwards_per_image"] <= 16  # one forward per iteration (+1 final), early-stopped images stop
+
+
+@pytest.mark.slow
+def test_attack_logs_tables_and_panels_to_wandb_offline(trained, monkeypatch: pytest.MonkeyPatch):
+    root, _ = trained
+    monkeypatch.delenv("WANDB_MODE")
+    overrides = [f"run.output_dir={root}", "attack=[asma]", "logger.mode=offline", *[f"{k}={v}" for k, v in FAST.items() if "asma" in k or "eval" in k]]
+    result = attack(compose_for("attack", overrides))
+    offline = list((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    media = offline[0] / "files" / "media"
+    assert list((media / "images" / "attack" / "asma").glob("panels_*.png"))  # adversarial images
+    assert list((media / "images" / "mask" / "attack" / "asma").glob("*.mask.png"))  # prediction / reference overlays
+    tables = {p.name.split("_")[0] for p in (media / "table" / "attack").glob("*.table.json")}
+    assert tables == {"summary", "per"}, tables
