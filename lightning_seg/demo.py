@@ -1,9 +1,10 @@
-"""The main job on the embedded data: train an ISIC and a glaucoma segmenter, then summarise.
+"""The main job on the embedded data: train an ISIC and a glaucoma segmenter, attack them, summarise.
 
 ``python -m lightning_seg demo [overrides]`` runs ``fit`` on the synthetic ISIC-like set and on the
-synthetic fundus set (defaults from ``conf/``), and writes ``summary.md``, ``summary.json`` and
-``preview.png`` (validation images with ground-truth and predicted contours) into
-``<run.output_dir>/demo/<timestamp>/``.
+synthetic fundus set (defaults from ``conf/``), then ``attack`` on each best checkpoint (the default
+``attack`` choice, ASMA, with the paper's protocol: target = another image's mask), and writes
+``summary.md``, ``summary.json`` and ``preview.png`` (validation images with ground-truth and
+predicted contours) into ``<run.output_dir>/demo/<timestamp>/``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lightning_seg.attack_run import attack
+from lightning_seg.cli import compose_for
 from lightning_seg.config import compose
 from lightning_seg.io import atomic_write, write_json, write_text
 from lightning_seg.lit_module import load_module
@@ -30,6 +33,10 @@ def demo(overrides: list[str] | None = None) -> dict[str, Any]:
     overrides = list(overrides or [])
     started = time.perf_counter()
     fits = {name: fit(compose([f"data={name}", *overrides])) for name in DATASETS}
+    attacks = {
+        name: attack(compose_for("attack", [*overrides, f"run.ckpt={result['best_checkpoint'] or result['last_checkpoint']}"]))
+        for name, result in fits.items()
+    }
     cfg = compose(overrides)
     out = new_run_dir(cfg.run.output_dir, "demo", "synthetic", cfg.run.name)
     rows = []
@@ -44,11 +51,12 @@ def demo(overrides: list[str] | None = None) -> dict[str, Any]:
         *[f"| {d} | {s} | {dice:.3f} | {iou:.3f} | {ep} | {sec:.0f} | `{run}` |" for d, s, dice, iou, ep, sec, run in rows],
     ]
     table = "\n".join(lines)
+    attack_tables = "\n\n".join(f"**{name}** (`{a['run_dir']}`)\n\n{a['table']}" for name, a in attacks.items())
     preview = out / "preview.png"
     _save_preview(fits, preview)
-    summary = {"command": "demo", "run_dir": str(out), "fits": fits, "table": table, "preview": str(preview),
+    summary = {"command": "demo", "run_dir": str(out), "fits": fits, "attacks": attacks, "table": f"{table}\n\n{attack_tables}", "preview": str(preview),
                "total_seconds": round(time.perf_counter() - started, 1)}
-    write_text(out / "summary.md", f"# lightning_seg demo\n\n{table}\n\n![preview](preview.png)\n")
+    write_text(out / "summary.md", f"# lightning_seg demo\n\n{table}\n\n## Attacks\n\n{attack_tables}\n\n![preview](preview.png)\n")
     write_json(out / "summary.json", summary)
     return summary
 

@@ -23,7 +23,6 @@ A numeric parameter given as a pair ``(lo, hi)`` is drawn uniformly per image wi
 
 from __future__ import annotations
 
-
 import random
 from collections.abc import Sequence
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_seg.clinical import vcdr, vertical_diameter
 from lightning_seg.registry import Registry
 
 TARGETS: Registry[Tensor] = Registry("target")
@@ -52,16 +52,6 @@ def _draw(value: Param, n: int, generator: torch.Generator | None, device: torch
         raise ValueError(f"range ({lo}, {hi}) must have lo <= hi")
     u = torch.rand(n, generator=generator, device=device)
     return lo + (hi - lo) * u
-
-
-def vertical_diameter(binary: Tensor) -> Tensor:
-    """D(M) [B]: max over columns of the mask's pixel count per column (REFERENCE 6.1)."""
-    return binary.to(torch.float32).sum(dim=1).amax(dim=1)
-
-
-def vcdr(masks: Tensor) -> Tensor:
-    """Vertical cup-to-disc ratio per image for {0,1 rim,2 cup} masks: D(cup) / (D(disc) + 1e-7)."""
-    return vertical_diameter(masks == 2) / (vertical_diameter(masks >= 1) + 1e-7)
 
 
 def _centroid(binary: Tensor) -> tuple[Tensor, Tensor]:

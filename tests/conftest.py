@@ -26,6 +26,15 @@ def _restore_run_dir_env():
     os.environ.pop("LIGHTNING_SEG_RUN_DIR", None)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_overrides(output_dir: Path, **extra: object) -> list[str]:
     """A config that trains in seconds on CPU (32 px synthetic images, a 2-level U-Net of width 4)."""
     values: dict[str, object] = {

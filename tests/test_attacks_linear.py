@@ -12,12 +12,8 @@ W = torch.tensor([1.0, -0.8, 0.6])
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed(single_thread):
     torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine; tiny models run fastest single-threaded
-    yield
-    torch.set_num_threads(n)
 
 
 def make(batch: int, seed: int = 0, symmetric: bool = True) -> tuple[PixelLinear, torch.Tensor]:

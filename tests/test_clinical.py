@@ -24,13 +24,7 @@ from lightning_seg.clinical import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # tiny tensors: intra-op threads only add contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 H = 160
 YS, XS = torch.meshgrid(torch.arange(H).float(), torch.arange(H).float(), indexing="ij")

@@ -19,13 +19,7 @@ from lightning_seg.deformations import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # tiny tensors: intra-op threads only add contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _disk_labels(b: int, h: int, w: int) -> torch.Tensor:

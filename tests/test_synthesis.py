@@ -8,13 +8,7 @@ from lightning_seg.attacks.synthesis import SynthesisAttack, hard_dice, soft_dic
 from lightning_seg.deformations import TransformConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # tiny tensors: intra-op threads only add contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 S = 48
 
