@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lightning_seg.config import ConfigError, compose, config_groups
+from lightning_seg.config import ConfigError, RootConfig, compose, config_groups
+
+ROOT_SECTIONS = set(RootConfig.__dataclass_fields__)
 
 COMMANDS: dict[str, str] = {
     "demo": "the main job on the embedded synthetic data: fit ISIC and glaucoma segmenters, write a summary",
@@ -23,8 +25,8 @@ COMMANDS: dict[str, str] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    groups = config_groups()
-    epilog = ["config groups (choose with group=choice):"]
+    groups = {g: c for g, c in config_groups().items() if g in ROOT_SECTIONS}
+    epilog = ["config groups (choose with group=choice; attack takes a list: attack=[asma,dag]):"]
     epilog += [f"  {g:<10} {', '.join(c)}" for g, c in groups.items()]
     epilog += [
         "",

@@ -263,10 +263,12 @@ def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> Dict
                 cfg = _merge(cfg, {group: {c: node}}, f"conf/{group}/{c}.yaml")
             continue
         if group not in cfg:
-            # Groups without a schema section yet (e.g. defense) are plain mappings.
-            OmegaConf.set_struct(cfg, False)
-            cfg[group] = {}
-            OmegaConf.set_struct(cfg, True)
+            # e.g. conf/defense/: the modules exist (lightning_seg.defenses) but no command consumes them yet;
+            # failing beats silently ignoring the choice.
+            raise ConfigError(
+                f"{group}={choice}: the '{group}' group is not used by the commands yet; "
+                f"use it from Python (e.g. lightning_seg.defenses.DefendedModel)"
+            )
         cfg = _merge(cfg, {group: _load_yaml(_group_file(root, group, choice))}, f"conf/{group}/{choice}.yaml")
     return cfg
 

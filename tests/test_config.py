@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from lightning_seg.cli import main
-from lightning_seg.config import ConfigError, compose, config_groups
+from lightning_seg.config import ConfigError, compose
 
 
 def test_defaults_compose_to_synthetic_isic_on_cpu():
@@ -45,7 +45,7 @@ def test_help_lists_commands_and_groups(capsys: pytest.CaptureFixture[str]):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for word in ("fit", "validate", "test", *config_groups()):
+    for word in ("fit", "validate", "test", "attack", "demo", "data", "model", "trainer", "logger", "asma_paper"):
         assert word in out
     assert "ddp_cpu" in out and "glaucoma" in out
 
@@ -53,3 +53,16 @@ def test_help_lists_commands_and_groups(capsys: pytest.CaptureFixture[str]):
 def test_print_config(capsys: pytest.CaptureFixture[str]):
     assert main(["fit", "data=glaucoma", "--print-config"]) == 0
     assert "task: disc_cup" in capsys.readouterr().out
+
+
+def test_a_group_no_command_uses_fails_instead_of_being_ignored():
+    with pytest.raises(ConfigError, match="not used by the commands yet"):
+        compose(["defense=fr"])
+
+
+def test_attack_list_choice_and_fraction_values():
+    cfg = compose(["attack=[ssm,asma,asma_paper]", "attack.asma.step_size=1/255"])
+    assert list(cfg.attack) == ["ssm", "asma", "asma_paper"] and cfg.attack.asma_paper.name == "asma"
+    assert cfg.attack.asma.step_size == pytest.approx(1 / 255)
+    with pytest.raises(ConfigError, match="only one choice"):
+        compose(["data=[isic,glaucoma]"])
