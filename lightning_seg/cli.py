@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "fit": "train a segmenter (resume with run.resume=last)",
     "validate": "evaluate a checkpoint on the validation split (run.ckpt=..., default: latest fit run)",
     "test": "evaluate a checkpoint on the test split",
+    "adv-train": "fit with the adversarial-training hook (PGD eps 4/255, 3 steps; adv_train.*); run.init_from=latest fine-tunes",
     "attack": "attack a checkpoint (default: latest fit run) with attack=[ssm,asm,asma,dag]; Table-1 report + panels",
 }
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "validate": lambda c: train.evaluate(c, "validate"),
             "test": lambda c: train.evaluate(c, "test"),
             "attack": attack,
+            "adv-train": train.adv_train,
         }
         result = runners[args.command](cfg)
     except (ConfigError, NoRunError) as e:

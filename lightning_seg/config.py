@@ -106,6 +106,7 @@ class RunConfig:
     name: Optional[str] = None  # fixed run folder name instead of a timestamp
     resume: Optional[str] = None  # fit: "last" (latest fit run), a run folder, or a checkpoint file
     ckpt: Optional[str] = None  # validate/test/attack: checkpoint file or run folder (default: latest fit run)
+    init_from: Optional[str] = None  # fit/adv-train: start from these weights ("latest" = latest fit run), new optimizer
 
 
 @dataclass
@@ -121,6 +122,32 @@ class AttackEvalConfig:
 
 
 @dataclass
+class AdvValConfig:
+    """The adversarial validation callback (callbacks/adversarial_validation.py)."""
+
+    enabled: bool = False  # also switched on by `attack`-free commands with adv_val.enabled=true
+    attack: str = "asma"  # a key of the `attack` section (its hyper-parameters) or a registered attack name
+    target: str = "other_image"  # targets for targeted attacks; untargeted attacks use the ground truth
+    every_n_epochs: int = 1
+    max_batches: int = 2  # validation batches attacked per epoch and rank
+    log_images: int = 4  # panels with mask overlays logged from rank 0's first attacked batch
+
+
+@dataclass
+class AdvTrainConfig:
+    """The adversarial-training hook (lightning_seg/adv_training.py); `adv-train` switches it on."""
+
+    enabled: bool = False
+    attack: str = "pgd"  # pgd | segpgd | fgsm | cospgd | asma (targeted, random realistic targets)
+    eps: float = 4 / 255  # Linf budget in [0,1] units (PGD family); accepts 4/255 on the command line
+    steps: int = 3
+    alpha: Optional[float] = None  # step size; default 2.5 * eps / steps (REFERENCE 4.3)
+    ratio: float = 1.0  # share of each batch replaced by adversarial examples (1.0 robust, 0.5 DDC-AT style)
+    target: str = "other_image"  # ASMA only: target generator for random realistic targets
+    params: dict[str, Any] = field(default_factory=dict)  # extra attack hyper-parameters
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -131,6 +158,8 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     attack_eval: AttackEvalConfig = field(default_factory=AttackEvalConfig)
+    adv_val: AdvValConfig = field(default_factory=AdvValConfig)
+    adv_train: AdvTrainConfig = field(default_factory=AdvTrainConfig)
     # attack name -> its hyper-parameters (conf/attack/<name>.yaml); validated by lightning_seg.attacks.build_attack
     attack: dict[str, Any] = field(default_factory=dict)
 

@@ -21,7 +21,8 @@ from lightning_seg.tasks import get_task
 
 
 class SegmentationModule(pl.LightningModule):
-    def __init__(self, model: dict[str, Any], task: str, optim: dict[str, Any] | None = None, loss: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: dict[str, Any], task: str, optim: dict[str, Any] | None = None, loss: dict[str, Any] | None = None,
+                 adv_train: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task = get_task(task)
@@ -30,6 +31,11 @@ class SegmentationModule(pl.LightningModule):
         self.optim_cfg = {"lr": 3e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_fraction": 0.05, **(optim or {})}
         self.criterion = DiceCELoss(self.task, **(loss or {}))
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the prefix.
+        self.adv_hook = None
+        if adv_train and adv_train.get("enabled"):
+            from lightning_seg.adv_training import AdversarialTrainingHook
+
+            self.adv_hook = AdversarialTrainingHook(**adv_train)
         self.stage_metrics = torch.nn.ModuleDict({f"m_{s}": StructureMetrics(self.task, s) for s in ("train", "val", "test")})
 
     def metrics_for(self, stage: str) -> StructureMetrics:
@@ -37,6 +43,11 @@ class SegmentationModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    def crop_labels(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Labels cropped to the logits' size for these images (no forward pass needed)."""
+        size = self.net.output_size(*images.shape[-2:]) if hasattr(self.net, "output_size") else images.shape[-2:]
+        return center_crop(labels, *size) if tuple(size) != tuple(labels.shape[-2:]) else labels
 
     @staticmethod
     def align(logits: Tensor, labels: Tensor) -> Tensor:
@@ -55,6 +66,13 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.adv_hook is not None:
+            labels = self.crop_labels(batch["image"], batch["mask"])
+            images, cost = self.adv_hook(self.net, batch["image"], labels)  # bare net: no DDP hooks in the attack
+            batch = {**batch, "image": images}
+            n = batch["image"].shape[0]
+            self.log("train/adv_seconds", cost["adv_seconds"], on_step=False, on_epoch=True, reduce_fx="sum", batch_size=n)
+            self.log("train/adv_images", cost["adv_images"], on_step=False, on_epoch=True, reduce_fx="sum", batch_size=n)
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -43,7 +43,17 @@ def build_datamodule_from(cfg: DictConfig) -> SegmentationDataModule:
 
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
-    return SegmentationModule(model=to_plain(cfg.model), task=cfg.data.task, optim=to_plain(cfg.optim), loss=to_plain(cfg.loss))
+    adv = to_plain(cfg.adv_train) if cfg.adv_train.enabled else None
+    return SegmentationModule(model=to_plain(cfg.model), task=cfg.data.task, optim=to_plain(cfg.optim), loss=to_plain(cfg.loss), adv_train=adv)
+
+
+def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
+    if not cfg.adv_val.enabled:
+        return []
+    from callbacks.adversarial_validation import AdversarialValidation
+
+    v = cfg.adv_val
+    return [AdversarialValidation(v.attack, to_plain(cfg.attack), v.target, v.every_n_epochs, v.max_batches, v.log_images)]
 
 
 def _run_id(run_dir: Path) -> str:
@@ -118,25 +128,36 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, (int, float))}
 
 
-def fit(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+def fit(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None, command: str = "fit") -> dict[str, Any]:
     """Train a segmenter; returns the run folder, checkpoint paths and final metrics (also in results.json).
 
     ``run.resume`` continues an interrupted run in its own folder from its ``last.ckpt``."""
     resume_ckpt = None
     if cfg.run.resume:
         resume_ckpt = resolve_checkpoint(cfg.run.resume, cfg.run.output_dir, prefer="last")
-        run_dir = resume_ckpt.parent.parent if resume_ckpt.parent.name == "checkpoints" else new_run_dir(cfg.run.output_dir, "fit", cfg.data.name)
+        run_dir = resume_ckpt.parent.parent if resume_ckpt.parent.name == "checkpoints" else new_run_dir(cfg.run.output_dir, command, cfg.data.name)
     else:
-        run_dir = new_run_dir(cfg.run.output_dir, "fit", cfg.data.name, cfg.run.name)
+        run_dir = new_run_dir(cfg.run.output_dir, command, cfg.data.name, cfg.run.name)
     with run_scope(run_dir):
-        return _fit(cfg, run_dir, resume_ckpt, extra_callbacks or [])
+        return _fit(cfg, run_dir, resume_ckpt, extra_callbacks or [], command)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, resume_ckpt: Path | None, extra_callbacks: list[Callback]) -> dict[str, Any]:
+def adv_train(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """``fit`` with the adversarial-training hook switched on (robust defaults in ``adv_train``);
+    ``run.init_from`` fine-tunes from a ``fit`` checkpoint."""
+    cfg = cfg.copy()
+    cfg.adv_train.enabled = True
+    return fit(cfg, extra_callbacks=extra_callbacks, command="adv-train")
+
+
+def _fit(cfg: DictConfig, run_dir: Path, resume_ckpt: Path | None, extra_callbacks: list[Callback], command: str) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     plain = to_plain(cfg)
     datamodule = build_datamodule_from(cfg)
     module = build_module(cfg)
+    if cfg.run.init_from and not resume_ckpt:
+        init = resolve_checkpoint(cfg.run.init_from, cfg.run.output_dir)
+        module.load_state_dict(torch.load(init, map_location="cpu", weights_only=True)["state_dict"])
     checkpoint = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
@@ -149,8 +170,8 @@ def _fit(cfg: DictConfig, run_dir: Path, resume_ckpt: Path | None, extra_callbac
     # A separate unmonitored callback writes last.ckpt every epoch: Lightning 2.6's save_last only refreshes it
     # when a top-k checkpoint was saved in the same step, which would make resume restart from a stale epoch.
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
-    logger = build_logger(cfg, run_dir, "fit")
-    callbacks: list[Callback] = [checkpoint, last, StoreConfig(plain), *extra_callbacks]
+    logger = build_logger(cfg, run_dir, command)
+    callbacks: list[Callback] = [checkpoint, last, StoreConfig(plain), *adversarial_callbacks(cfg), *extra_callbacks]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = build_trainer(cfg, run_dir, callbacks=callbacks, logger=logger)
@@ -159,7 +180,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume_ckpt: Path | None, extra_callbac
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
     result = {
-        "command": "fit",
+        "command": command,
         "run_dir": str(run_dir),
         "best_checkpoint": checkpoint.best_model_path or None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
@@ -197,7 +218,7 @@ def _evaluate(cfg: DictConfig, stage: str, ckpt: Path, run_dir: Path) -> dict[st
         raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
     datamodule = build_datamodule_from(cfg)
     logger = build_logger(cfg, run_dir, stage)
-    trainer = build_trainer(cfg, run_dir, callbacks=[], logger=logger)
+    trainer = build_trainer(cfg, run_dir, callbacks=adversarial_callbacks(cfg), logger=logger)
     if trainer.is_global_zero:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     run = trainer.validate if stage == "validate" else trainer.test

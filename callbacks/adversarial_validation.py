@@ -1,0 +1,96 @@
+"""Runs a registered attack on a bounded number of validation / test batches and logs ``val_adv/*``.
+
+Thin: the work is in :mod:`lightning_seg.adversarial`. Metrics are summed per rank and all-reduced in
+``compute()``, which every rank calls (never behind a rank-zero check, REFERENCE 8.3); only the image
+panels and the per-image table are logged from rank 0. Needs ``Trainer(inference_mode=False)`` for
+``validate``/``test`` (every Trainer of this project is built that way).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_seg.adversarial import PerImageMeans, attack_batch, build_named_attack, metric_keys
+
+
+class AdversarialValidation(Callback):
+    def __init__(self, attack: str = "asma", attack_sections: dict[str, Any] | None = None, target: str = "other_image",
+                 every_n_epochs: int = 1, max_batches: int = 2, log_images: int = 4) -> None:
+        if every_n_epochs < 1 or max_batches < 1:
+            raise ValueError("adv_val.every_n_epochs and adv_val.max_batches must be >= 1")
+        self.attack_name, self.target = attack, target
+        self.every_n_epochs, self.max_batches, self.log_images = every_n_epochs, max_batches, log_images
+        self.attack = build_named_attack(attack, attack_sections)  # unknown names/keys fail before training
+        self.metric: PerImageMeans | None = None
+        self._media: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.metric = PerImageMeans(metric_keys(pl_module.task)).to(pl_module.device)  # not a submodule: move it
+
+    def _active(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        return not trainer.training and (trainer.state.fn != "fit" or trainer.current_epoch % self.every_n_epochs == 0)
+
+    def _on_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch_idx >= self.max_batches or not self._active(trainer):
+            return
+        images = batch["image"]
+        labels = pl_module.crop_labels(images, batch["mask"])
+        with torch.enable_grad():  # validation runs under no_grad; the attack needs input gradients
+            out = attack_batch(self.attack, pl_module.net, images, labels, pl_module.task, self.target)
+        if out is None:
+            return
+        result, values = out
+        self.metric.update(values)
+        if batch_idx == 0 and trainer.is_global_zero:
+            n = self.log_images
+            self._media = {"adv": result.adv[:n].cpu(), "pred": result.pred[:n].cpu(), "labels": labels[:n].cpu(),
+                           "values": {k: v[:n].cpu() for k, v in values.items()}, "keys": list(batch.get("key", []))[:n]}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._on_batch(trainer, pl_module, batch, batch_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._on_batch(trainer, pl_module, batch, batch_idx)
+
+    def _flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self._active(trainer):
+            return
+        values = self.metric.compute()  # collective: all ranks
+        self.metric.reset()
+        pl_module.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+        if trainer.is_global_zero and self._media is not None:
+            _log_media(trainer, stage, self.attack_name, self._media, pl_module.task.num_classes)
+        self._media = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, pl_module, "val_adv")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, pl_module, "test_adv")
+
+
+def _log_media(trainer: pl.Trainer, stage: str, attack: str, media: dict[str, Any], num_classes: int) -> None:
+    """Panels with mask overlays and a per-image table, for W&B (other loggers: nothing)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_seg.panels import to_uint8
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        names = {0: "background", 1: "foreground" if num_classes == 2 else "rim", 2: "cup"}
+        images = [to_uint8(a) for a in media["adv"]]
+        masks = [{"adv_prediction": {"mask_data": p.numpy(), "class_labels": names},
+                  "ground_truth": {"mask_data": y.numpy(), "class_labels": names}} for p, y in zip(media["pred"], media["labels"])]
+        logger.log_image(key=f"{stage}/panels", images=images, masks=masks,
+                         caption=[f"{attack} {k}" for k in (media["keys"] or [""] * len(images))], step=trainer.global_step)
+        cols = ["image", *media["values"]]
+        rows = [[(media["keys"][i] if media["keys"] else str(i)), *(float(v[i]) for v in media["values"].values())]
+                for i in range(len(images))]
+        logger.log_table(key=f"{stage}/per_image", columns=cols, data=rows, step=trainer.global_step)

@@ -1,0 +1,78 @@
+"""Attacks inside the training loop: per-batch adversarial evaluation and its DDP-exact aggregation.
+
+Pure functions and metric objects used by the validation callback (``callbacks/adversarial_validation.py``)
+and the adversarial-training hook (``lightning_seg/adv_training.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_seg.attacks import AttackResult, build_attack
+from lightning_seg.metrics import per_image_dice
+from lightning_seg.targets import make_target
+from lightning_seg.tasks import Task
+
+BASE_KEYS = ("success", "iou", "pixel_acc", "l2", "linf")
+
+
+def build_named_attack(name: str, sections: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    """An attack from a key of the config's ``attack`` section (e.g. ``asma_paper``) or a registered name."""
+    params = dict((sections or {}).get(name, {}))
+    registered = params.pop("name", name)
+    params.update(overrides)
+    return build_attack(registered, **params)
+
+
+def is_targeted(attack: Any) -> bool:
+    return bool(getattr(attack, "targeted", getattr(attack.config, "targeted", True)))
+
+
+def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, task: Task, target: str,
+                 generator: torch.Generator | None = None) -> tuple[AttackResult, dict[str, Tensor]] | None:
+    """Attack one batch; per-image values: success, IoU / pixel accuracy vs the reference, L2, Linf and the
+    robust Dice of the adversarial prediction vs the ground truth per structure. ``None`` when a targeted
+    ``other_image`` attack gets a single image (no other image to take the target from)."""
+    if is_targeted(attack):
+        if target == "other_image" and images.shape[0] < 2:
+            return None
+        reference = make_target(target, labels, generator=generator)
+    else:
+        reference = labels
+    result = attack(net, images, reference)
+    values = {k: getattr(result, k).double() for k in BASE_KEYS}
+    dice = per_image_dice(result.pred, labels, task)
+    for j, name in enumerate(task.structure_names):
+        values[f"robust_dice_{name}"] = dice[:, j].double()
+    return result, values
+
+
+def metric_keys(task: Task) -> tuple[str, ...]:
+    return (*BASE_KEYS, *(f"robust_dice_{s}" for s in task.structure_names))
+
+
+class PerImageMeans(Metric):
+    """Means over images of per-image values, as sums and a count: exact under DDP whatever the number of
+    batches per rank (``compute()`` all-reduces the sums; every rank must call it)."""
+
+    full_state_update = False
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.keys = keys
+        for k in keys:
+            self.add_state(f"sum_{k}", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: dict[str, Tensor]) -> None:  # type: ignore[override]
+        for k in self.keys:
+            setattr(self, f"sum_{k}", getattr(self, f"sum_{k}") + values[k].sum())
+        self.count += values[self.keys[0]].numel()
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        n = self.count.clamp_min(1)
+        return {k: (getattr(self, f"sum_{k}") / n).float() for k in self.keys} | {"images": self.count.float()}

@@ -1,0 +1,79 @@
+"""Attacks inside the Lightning loop: the validation callback and the adversarial-training hook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from callbacks.adversarial_validation import AdversarialValidation
+from lightning_seg.adv_training import AdversarialTrainingHook
+from lightning_seg.config import compose
+from lightning_seg.lit_module import SegmentationModule
+from lightning_seg.models import build_model
+from lightning_seg.train import adv_train, build_datamodule_from, evaluate, fit
+
+PGD_DETERMINISTIC = {"attack": "[pgd]", "attack.pgd.random_start": "false", "attack.pgd.steps": 3, "adv_val.attack": "pgd"}
+
+
+def test_callback_in_single_device_validate_leaves_the_model_untouched(tiny, tmp_path: Path):
+    """The only CPU test that catches an inference-mode Trainer (REFERENCE 8.1): validate() + attack callback."""
+    cfg = compose(tiny())
+    module = SegmentationModule(model={"name": "unet", "width": 4, "depth": 2}, task="lesion")
+    module.train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    dm = build_datamodule_from(cfg)
+    callback = AdversarialValidation("asma", {"asma": {"max_iter": 5}}, max_batches=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, inference_mode=False,
+                         use_distributed_sampler=False, enable_checkpointing=False, callbacks=[callback], default_root_dir=tmp_path)
+    metrics = trainer.validate(module, datamodule=dm)[0]
+    assert {"val_adv/iou", "val_adv/l2", "val_adv/robust_dice_lesion", "val_adv/success"} <= set(metrics)
+    assert metrics["val_adv/images"] == 6  # one batch of eval_batch_size=6 attacked
+    after = module.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key  # weights and BatchNorm running statistics
+    assert all(p.grad is None for p in module.parameters()) and all(p.requires_grad for p in module.parameters())
+
+
+def test_inference_mode_trainer_is_refused_with_a_clear_error(tiny, tmp_path: Path):
+    cfg = compose(tiny())
+    module = SegmentationModule(model={"name": "unet", "width": 4, "depth": 2}, task="lesion")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, inference_mode=True,
+                         callbacks=[AdversarialValidation("pgd", max_batches=1)], default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="inference"):
+        trainer.validate(module, datamodule=build_datamodule_from(cfg))
+
+
+def test_training_hook_attacks_in_eval_mode_within_budget():
+    torch.manual_seed(0)
+    net = build_model("unet", width=4, depth=2).train()
+    stats = net.down[0][1].running_mean.clone()
+    hook = AdversarialTrainingHook("pgd", eps=4 / 255, steps=3, ratio=0.5)
+    x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 2, (4, 16, 16))
+    mixed, cost = hook(net, x, y)
+    assert net.training and torch.equal(net.down[0][1].running_mean, stats)  # BN statistics untouched
+    assert torch.equal(mixed[2:], x[2:]) and not torch.equal(mixed[:2], x[:2])  # ratio 0.5: half replaced
+    assert (mixed - x).abs().max() <= 4 / 255 + 1e-6 and cost["adv_images"] == 2
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_adv_train_fine_tunes_from_a_fit_checkpoint(tiny):
+    base = fit(compose(tiny()))
+    result = adv_train(compose(tiny(**{"run.init_from": base["last_checkpoint"], "adv_val.enabled": "true", "adv_val.attack": "pgd"})))
+    assert Path(result["run_dir"]).parent.name == "adv-train"
+    assert result["metrics"]["train/adv_images"] == 32 and "val_adv/robust_dice_lesion" in result["metrics"]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_callback_metrics_equal_a_single_process_run(tiny):
+    """2 CPU processes, uneven shards (7 + 6 images): the all-reduced val_adv/* equal one process's values."""
+    extra = {**PGD_DETERMINISTIC, "adv_val.enabled": "true", "adv_val.max_batches": 20, "data.num_val": 13}
+    trained = fit(compose(tiny(**{**extra, "trainer": "ddp_cpu", "data.eval_batch_size": 2})))
+    single = evaluate(compose(tiny(**{**extra, "data.eval_batch_size": 1, "run.ckpt": trained["last_checkpoint"]})), "validate")
+    for key in ("val_adv/images", "val_adv/l2", "val_adv/linf", "val_adv/iou", "val_adv/robust_dice_lesion"):
+        assert single["metrics"][key] == pytest.approx(trained["metrics"][key], abs=1e-5), key
+    assert trained["metrics"]["val_adv/images"] == 13
