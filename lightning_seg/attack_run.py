@@ -31,6 +31,7 @@ from lightning_seg.io import atomic_write, write_json, write_text
 from lightning_seg.lit_module import SegmentationModule, load_module
 from lightning_seg.metrics import per_image_dice
 from lightning_seg.panels import attack_panel, save_png
+from lightning_seg.robustness import plot_curve, robustness_sweep, robustness_table
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.targets import derangement_pairs, make_target
 from lightning_seg.train import build_datamodule_from
@@ -40,8 +41,8 @@ TABLE_COLUMNS = ("l2", "linf", "iou", "pixel_acc")
 
 def attack(cfg: DictConfig) -> dict[str, Any]:
     """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run) with every attack in ``cfg.attack``."""
-    if not cfg.attack:
-        raise ValueError("No attack selected: choose some, e.g. attack=[ssm,asm,asma,dag]")
+    if not cfg.attack and not cfg.attack_eval.eps_sweep:
+        raise ValueError("Nothing to do: choose attacks (attack=[ssm,asm,asma,dag]) and/or a sweep (attack_eval.eps_sweep=[1/255,4/255])")
     # key = the label in reports (e.g. asma_paper); params["name"] = the registered attack. Bad keys fail here, early.
     attacks = {key: build_attack(params.pop("name", key), **params) for key, params in to_plain(cfg.attack).items()}
     ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
@@ -73,7 +74,9 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     panels: dict[str, list[Path]] = {}
-    progress = tqdm(total=len(attacks) * math.ceil(len(images) / ev.batch_size), desc="attack", unit="batch", disable=None)
+    n_batches = math.ceil(len(images) / ev.batch_size)
+    n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
+    progress = tqdm(total=(len(attacks) + n_sweep) * n_batches, desc="attack", unit="batch", disable=None)
     for name, atk in attacks.items():
         targeted = bool(getattr(atk, "targeted", getattr(atk.config, "targeted", True)))
         reference = targets if targeted else labels
@@ -91,20 +94,39 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
         summaries.append(_summarise(name, targeted, method_rows, results, seconds))
         panels[name] = _panels(name, results, images, reference, ev.panels, run_dir, keys)
         logger.method(name, results, images, reference, labels, ev.panels)
+    robustness = None
+    if ev.eps_sweep:
+        robustness = _sweep(cfg, ckpt, images, labels, run_dir, progress)
+        logger.robustness(robustness, run_dir / "robustness.png")
     progress.close()
 
-    _write_csv(run_dir / "per_image.csv", rows)
-    write_json(run_dir / "per_image.json", rows)
-    _write_csv(run_dir / "summary.csv", summaries)
-    table = table1(summaries)
+    table = ""
+    if rows:
+        _write_csv(run_dir / "per_image.csv", rows)
+        write_json(run_dir / "per_image.json", rows)
+        _write_csv(run_dir / "summary.csv", summaries)
+        table = table1(summaries)
+    if robustness:
+        table += ("\n\n" if table else "") + "Robustness (untargeted, vs ground truth):\n\n" + robustness_table(robustness)
     header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(images)} {ev.split} images, "
               f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
     write_text(run_dir / "summary.md", f"# Attack results\n\n{header}\n\n{table}\n")
     result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt), "table": table,
-              "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}}
+              "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}, "robustness": robustness}
     write_json(run_dir / "results.json", result)
     logger.finish(summaries, rows)
     return result
+
+
+def _sweep(cfg: DictConfig, ckpt: Path, images: Tensor, labels: Tensor, run_dir: Path, progress: Any) -> list[dict[str, Any]]:
+    ev = cfg.attack_eval
+    checkpoints = [resolve_checkpoint(c, cfg.run.output_dir) for c in ev.checkpoints] or [ckpt]
+    rows = robustness_sweep(checkpoints, images, labels, eps_values=list(ev.eps_sweep), attacks=list(ev.sweep_attacks),
+                            steps=ev.sweep_steps, batch_size=ev.batch_size, sections=to_plain(cfg.attack), progress=progress)
+    _write_csv(run_dir / "robustness.csv", rows)
+    write_text(run_dir / "robustness.md", robustness_table(rows) + "\n")
+    plot_curve(rows, run_dir / "robustness.png")
+    return rows
 
 
 def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
@@ -243,8 +265,18 @@ class _Logger:
             media.append(self.wandb.Image(to_uint8(adv[i]), masks=masks, caption=f"{name} #{i}"))
         self.run.log({f"attack/{name}/panels": media})
 
+    def robustness(self, rows: list[dict[str, Any]], plot: Path) -> None:
+        if self.run is None:
+            return
+        cols = list(rows[0])
+        self.run.log({"attack/robustness": self.wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows]),
+                      "attack/robustness_curve": self.wandb.Image(str(plot))})
+
     def finish(self, summaries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         if self.run is None:
+            return
+        if not summaries:
+            self.run.finish()
             return
         for s in summaries:
             for k, v in s.items():

@@ -119,6 +119,12 @@ class AttackEvalConfig:
     seed: int = 0  # seeds target pairing (other_image: a seeded derangement) and random target edits
     panels: int = 3  # image panels saved per attack
     up_train_batches: int = 8  # training batches used to fit the universal perturbation (attack=up)
+    # Robustness curve: untargeted attacks at these Linf budgets (e.g. [1/255,2/255,4/255,8/255]) on every checkpoint
+    # in `checkpoints` (default: run.ckpt); robust Dice / IoU vs the ground truth; plotted as Dice vs eps.
+    eps_sweep: list[float] = field(default_factory=list)
+    sweep_attacks: list[str] = field(default_factory=lambda: ["pgd", "segpgd"])
+    sweep_steps: int = 20
+    checkpoints: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -312,6 +318,9 @@ def _group_file(root: Path, group: str, choice: str) -> Path:
 def _fraction(item: str) -> str:
     """``attack.pgd.eps=8/255`` -> ``attack.pgd.eps=0.0313...``: OmegaConf would keep ``8/255`` as a string (REFERENCE 1.2)."""
     key, value = item.split("=", 1)
+    if value.startswith("[") and value.endswith("]") and "/" in value:
+        parts = [_fraction(f"x={v.strip()}").split("=", 1)[1] for v in value[1:-1].split(",") if v.strip()]
+        return f"{key}=[{','.join(parts)}]"
     num, sep, den = value.partition("/")
     try:
         return f"{key}={float(num) / float(den)!r}" if sep else item
