@@ -84,3 +84,39 @@ def test_attack_logs_tables_and_panels_to_wandb_offline(trained, monkeypatch: py
     assert list((media / "images" / "mask" / "attack" / "asma").glob("*.mask.png"))  # prediction / reference overlays
     tables = {p.name.split("_")[0] for p in (media / "table" / "attack").glob("*.table.json")}
     assert tables == {"summary", "per"}, tables
+
+
+def test_robustness_sweep_over_two_checkpoints(trained, tmp_path: Path):
+    from tests.conftest import tiny_overrides
+
+    root, first = trained
+    second = fit(compose(tiny_overrides(tmp_path / "other", **{"seed": 1})))
+    overrides = [f"run.output_dir={root}", "attack=[]", "logger=none", "attack_eval.eps_sweep=[2/255,8/255]",
+                 "attack_eval.sweep_steps=3", "attack_eval.num_images=6",
+                 f"attack_eval.checkpoints=[{first['last_checkpoint']},{second['last_checkpoint']}]"]
+    result = attack(compose_for("attack", overrides))
+    run = Path(result["run_dir"])
+    rows = list(csv.DictReader((run / "robustness.csv").open()))
+    assert len(rows) == 2 * (1 + 2 * 2)  # checkpoints x (clean + {pgd, segpgd} x 2 budgets)
+    assert {float(r["eps_255"]) for r in rows} == {0.0, 2.0, 8.0}
+    for ckpt in {r["checkpoint"] for r in rows}:
+        clean = next(float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean")
+        strongest = [float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and float(r["eps_255"]) == 8.0]
+        assert max(strongest) <= clean + 1e-6  # sanity: an attack never helps
+    assert (run / "robustness.png").stat().st_size > 10_000 and "Robustness" in (run / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_validation_callback_logs_panels_and_table_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.delenv("WANDB_MODE")
+    overrides = tiny_overrides(tmp_path / "runs", **{"logger": "wandb", "logger.mode": "offline", "adv_val.enabled": "true",
+                                                      "adv_val.attack": "asma", "attack.asma.max_iter": 5})
+    result = fit(compose(overrides))
+    offline = next((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
+    media = offline / "files" / "media"
+    assert list((media / "images" / "val_adv").glob("panels_*.png"))
+    assert list((media / "images" / "mask" / "val_adv").glob("*.mask.png"))
+    assert list((media / "table" / "val_adv").glob("per_image_*.table.json"))
+    assert "val_adv/robust_dice_lesion" in result["metrics"]
