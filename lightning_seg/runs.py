@@ -21,11 +21,27 @@ class NoRunError(FileNotFoundError):
     pass
 
 
+def launcher_id() -> str | None:
+    """The job id of an external multi-process launcher (torchrun, SLURM), identical on every rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return None
+    for var in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        value = os.environ.get(var)
+        if value and value != "none":
+            return f"{var.split('_')[0].lower()}{value}"
+    raise RuntimeError(
+        "Launched as several processes without a shared job id: ranks could not agree on a run folder. "
+        "Set run.name=<name>, or launch with torchrun --rdzv-id=<id> or inside a SLURM job."
+    )
+
+
 def new_run_dir(output_dir: str | Path, command: str, data_name: str, name: str | None = None) -> Path:
     inherited = os.environ.get(ENV_RUN_DIR)
     if inherited:  # a DDP child re-executing the command: reuse the parent's folder
         return Path(inherited)
     base = Path(output_dir) / command
+    if name is None and (job := launcher_id()):  # torchrun / srun start every rank independently
+        name = f"{data_name}-{job}"
     stem = name or f"{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = base / stem
     suffix = 1

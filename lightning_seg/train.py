@@ -7,9 +7,9 @@ without padding evaluation sets, so multi-process metrics equal single-process o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,9 @@ def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
 
 
 def _run_id(run_dir: Path) -> str:
-    """A W&B run id per run folder, created once (before DDP children start) and reused on resume."""
-    path = run_dir / "wandb_id"
-    if not path.is_file():
-        write_text(path, uuid.uuid4().hex[:12])
-    return path.read_text().strip()
+    """The W&B run id of a run folder: derived from its path, so every rank (also ranks started independently
+    by torchrun / srun) and a resumed run get the same id without coordination."""
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, command: str) -> Any:

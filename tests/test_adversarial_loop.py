@@ -77,3 +77,12 @@ def test_ddp_callback_metrics_equal_a_single_process_run(tiny):
     for key in ("val_adv/images", "val_adv/l2", "val_adv/linf", "val_adv/iou", "val_adv/robust_dice_lesion"):
         assert single["metrics"][key] == pytest.approx(trained["metrics"][key], abs=1e-5), key
     assert trained["metrics"]["val_adv/images"] == 13
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_adv_train_with_two_processes_and_the_callback(tiny):
+    """Attack inside training_step and inside validation on 2 ranks with uneven validation shards: no hang."""
+    result = adv_train(compose(tiny(**{"trainer": "ddp_cpu", "adv_val.enabled": "true", "adv_val.attack": "pgd", "adv_val.max_batches": 10,
+                                       "data.num_val": 7, "data.eval_batch_size": 2})))
+    assert result["metrics"]["val_adv/images"] == 7 and result["metrics"]["train/adv_images"] > 0

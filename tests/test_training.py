@@ -117,3 +117,17 @@ def test_real_ddp_relaunch_through_the_cli(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "runs" / "fit").iterdir())
     assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_independently_launched_ranks_agree_on_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """torchrun / srun start every rank as its own process: the folder must not depend on the clock."""
+    from lightning_seg.runs import new_run_dir
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job42")
+    first = new_run_dir(tmp_path, "fit", "isic")
+    monkeypatch.delenv("LIGHTNING_SEG_RUN_DIR", raising=False)
+    assert new_run_dir(tmp_path, "fit", "isic") == first == tmp_path / "fit" / "isic-torchelasticjob42"
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    with pytest.raises(RuntimeError, match="run.name"):
+        new_run_dir(tmp_path, "fit", "isic")
