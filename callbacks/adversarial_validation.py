@@ -14,22 +14,24 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_seg.adversarial import PerImageMeans, attack_batch, build_named_attack, metric_keys
+from lightning_seg.adversarial import PerImageMeans, attack_batch, build_named_attack, metric_keys, sweep_batch
 
 
 class AdversarialValidation(Callback):
     def __init__(self, attack: str = "asma", attack_sections: dict[str, Any] | None = None, target: str = "other_image",
-                 every_n_epochs: int = 1, max_batches: int = 2, log_images: int = 4) -> None:
+                 every_n_epochs: int = 1, max_batches: int = 2, log_images: int = 4, eps_sweep: tuple[float, ...] = (),
+                 sweep_steps: int = 10) -> None:
         if every_n_epochs < 1 or max_batches < 1:
             raise ValueError("adv_val.every_n_epochs and adv_val.max_batches must be >= 1")
         self.attack_name, self.target = attack, target
         self.every_n_epochs, self.max_batches, self.log_images = every_n_epochs, max_batches, log_images
+        self.eps_sweep, self.sweep_steps = tuple(float(e) for e in eps_sweep), sweep_steps
         self.attack = build_named_attack(attack, attack_sections)  # unknown names/keys fail before training
         self.metric: PerImageMeans | None = None
         self._media: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.metric = PerImageMeans(metric_keys(pl_module.task)).to(pl_module.device)  # not a submodule: move it
+        self.metric = PerImageMeans(metric_keys(pl_module.task, self.eps_sweep)).to(pl_module.device)  # not a submodule: move it
 
     def _active(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking:
@@ -43,9 +45,10 @@ class AdversarialValidation(Callback):
         labels = pl_module.crop_labels(images, batch["mask"])
         with torch.enable_grad():  # validation runs under no_grad; the attack needs input gradients
             out = attack_batch(self.attack, pl_module.net, images, labels, pl_module.task, self.target)
-        if out is None:
-            return
-        result, values = out
+            if out is None:
+                return
+            result, values = out
+            values |= sweep_batch(pl_module.net, images, labels, pl_module.task, self.eps_sweep, self.sweep_steps)
         self.metric.update(values)
         if batch_idx == 0 and trainer.is_global_zero:
             n = self.log_images

@@ -51,8 +51,26 @@ def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, ta
     return result, values
 
 
-def metric_keys(task: Task) -> tuple[str, ...]:
-    return (*BASE_KEYS, *(f"robust_dice_{s}" for s in task.structure_names))
+def metric_keys(task: Task, eps_sweep: tuple[float, ...] = ()) -> tuple[str, ...]:
+    sweep = tuple(k for eps in eps_sweep for k in (f"{sweep_tag(eps)}/dice", f"{sweep_tag(eps)}/iou"))
+    return (*BASE_KEYS, *(f"robust_dice_{s}" for s in task.structure_names), *sweep)
+
+
+def sweep_tag(eps: float) -> str:
+    """Metric name part for a budget: 4/255 -> 'pgd_eps4'."""
+    return f"pgd_eps{eps * 255:g}"
+
+
+def sweep_batch(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_sweep: tuple[float, ...], steps: int) -> dict[str, Tensor]:
+    """Per-image robust Dice (mean over structures) and IoU vs the ground truth under untargeted Linf PGD per budget."""
+    from lightning_seg.attacks import per_image_iou
+
+    out = {}
+    for eps in eps_sweep:
+        result = build_attack("pgd", eps=eps, alpha=2.5 * eps / steps, steps=steps, targeted=False)(net, images, labels)
+        out[f"{sweep_tag(eps)}/dice"] = per_image_dice(result.pred, labels, task).mean(1).double()
+        out[f"{sweep_tag(eps)}/iou"] = per_image_iou(result.pred, labels, num_classes=task.num_classes).double()
+    return out
 
 
 class PerImageMeans(Metric):

@@ -137,6 +137,8 @@ class AdvValConfig:
     every_n_epochs: int = 1
     max_batches: int = 2  # validation batches attacked per epoch and rank
     log_images: int = 4  # panels with mask overlays logged from rank 0's first attacked batch
+    eps_sweep: list[float] = field(default_factory=list)  # also robust Dice / IoU under untargeted PGD at these budgets
+    sweep_steps: int = 10
 
 
 @dataclass

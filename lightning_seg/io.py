@@ -15,6 +15,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; results must be readable like any other file
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
             write(handle)
@@ -25,6 +26,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

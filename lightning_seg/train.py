@@ -53,7 +53,8 @@ def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
     from callbacks.adversarial_validation import AdversarialValidation
 
     v = cfg.adv_val
-    return [AdversarialValidation(v.attack, to_plain(cfg.attack), v.target, v.every_n_epochs, v.max_batches, v.log_images)]
+    return [AdversarialValidation(v.attack, to_plain(cfg.attack), v.target, v.every_n_epochs, v.max_batches, v.log_images,
+                                  tuple(v.eps_sweep), v.sweep_steps)]
 
 
 def _run_id(run_dir: Path) -> str:

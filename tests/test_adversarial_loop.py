@@ -25,12 +25,13 @@ def test_callback_in_single_device_validate_leaves_the_model_untouched(tiny, tmp
     module.train()
     before = {k: v.clone() for k, v in module.state_dict().items()}
     dm = build_datamodule_from(cfg)
-    callback = AdversarialValidation("asma", {"asma": {"max_iter": 5}}, max_batches=1)
+    callback = AdversarialValidation("asma", {"asma": {"max_iter": 5}}, max_batches=1, eps_sweep=(1 / 255, 8 / 255), sweep_steps=2)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, inference_mode=False,
                          use_distributed_sampler=False, enable_checkpointing=False, callbacks=[callback], default_root_dir=tmp_path)
     metrics = trainer.validate(module, datamodule=dm)[0]
     assert {"val_adv/iou", "val_adv/l2", "val_adv/robust_dice_lesion", "val_adv/success"} <= set(metrics)
     assert metrics["val_adv/images"] == 6  # one batch of eval_batch_size=6 attacked
+    assert {"val_adv/pgd_eps1/dice", "val_adv/pgd_eps8/dice", "val_adv/pgd_eps8/iou"} <= set(metrics)
     after = module.state_dict()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key  # weights and BatchNorm running statistics

@@ -75,7 +75,8 @@ def test_table1_run_folder(trained):
 def test_attack_logs_tables_and_panels_to_wandb_offline(trained, monkeypatch: pytest.MonkeyPatch):
     root, _ = trained
     monkeypatch.delenv("WANDB_MODE")
-    overrides = [f"run.output_dir={root}", "attack=[asma]", "logger.mode=offline", *[f"{k}={v}" for k, v in FAST.items() if "asma" in k or "eval" in k]]
+    overrides = [f"run.output_dir={root}", "attack=[asma]", "logger.mode=offline", "attack_eval.eps_sweep=[4/255]",
+                 "attack_eval.sweep_steps=2", *[f"{k}={v}" for k, v in FAST.items() if "asma" in k or "eval" in k]]
     result = attack(compose_for("attack", overrides))
     offline = list((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
@@ -83,7 +84,8 @@ def test_attack_logs_tables_and_panels_to_wandb_offline(trained, monkeypatch: py
     assert list((media / "images" / "attack" / "asma").glob("panels_*.png"))  # adversarial images
     assert list((media / "images" / "mask" / "attack" / "asma").glob("*.mask.png"))  # prediction / reference overlays
     tables = {p.name.split("_")[0] for p in (media / "table" / "attack").glob("*.table.json")}
-    assert tables == {"summary", "per"}, tables
+    assert tables == {"summary", "per", "robustness"}, tables
+    assert list((media / "images" / "attack").glob("robustness_curve_*.png"))
 
 
 def test_robustness_sweep_over_two_checkpoints(trained, tmp_path: Path):
