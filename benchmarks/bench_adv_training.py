@@ -52,11 +52,11 @@ def main() -> None:
         adv = {"enabled": True, "attack": "pgd", "eps": 4 / 255, "steps": k}
         t = _epoch_seconds(cfg, adv)
         print(f"{f'PGD-{k} adversarial':<22}{t:>9.2f}{t / clean:>9.2f}{f'<= {k + 1.3:.1f}':>9}")
-    # validation epoch with / without the attack callback (max_batches = all)
+    # validation epoch with / without the attack callback, configured as adv_val (default: 2 batches per epoch)
     module = SegmentationModule(model=to_plain(cfg.model), task=cfg.data.task)
     dm = build_datamodule_from(cfg)
     times = {}
-    for name, callbacks in (("validation", []), ("validation + ASMA callback", [AdversarialValidation("asma", max_batches=10**6)])):
+    for name, callbacks in (("validation", []), ("validation + ASMA callback", [AdversarialValidation(cfg.adv_val.attack, to_plain(cfg.attack), max_batches=cfg.adv_val.max_batches)])):
         trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, inference_mode=False,
                              use_distributed_sampler=False, enable_checkpointing=False, callbacks=callbacks)
         start = time.perf_counter()
