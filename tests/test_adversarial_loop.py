@@ -87,3 +87,14 @@ def test_adv_train_with_two_processes_and_the_callback(tiny):
     result = adv_train(compose(tiny(**{"trainer": "ddp_cpu", "adv_val.enabled": "true", "adv_val.attack": "pgd", "adv_val.max_batches": 10,
                                        "data.num_val": 7, "data.eval_batch_size": 2})))
     assert result["metrics"]["val_adv/images"] == 7 and result["metrics"]["train/adv_images"] > 0
+
+
+def test_training_hook_with_asma_and_realistic_targets():
+    torch.manual_seed(0)
+    net = build_model("unet", width=4, depth=2).train()
+    hook = AdversarialTrainingHook("asma", params={"max_iter": 3}, target="other_image")
+    x = torch.rand(3, 3, 16, 16)
+    y = torch.zeros(3, 16, 16, dtype=torch.long)
+    y[0, 2:8, 2:8] = 1  # the other images' masks are the targets
+    mixed, cost = hook(net, x, y)
+    assert mixed.shape == x.shape and not torch.equal(mixed, x) and cost["adv_images"] == 3 and net.training

@@ -90,7 +90,8 @@ def test_wandb_offline_writes_run_files(tiny, tmp_path: Path, monkeypatch: pytes
 @pytest.mark.slow
 def test_wandb_disabled_writes_nothing_outside_the_run_folder(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    result = fit(compose(tiny(**{"logger": "wandb", "logger.mode": "disabled"})))
+    result = fit(compose(tiny(**{"logger": "wandb", "logger.mode": "disabled", "adv_val.enabled": "true", "adv_val.attack": "pgd"})))
+    assert "val_adv/robust_dice_lesion" in result["metrics"]
     run = Path(result["run_dir"])
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and run not in p.parents]
     assert outside == [], outside
