@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from lightning_seg.attacks import ATTACKS, UniversalAttack, build_attack
 from lightning_seg.attacks.universal import hide_class_target
+from lightning_seg.clinical import clinical_report, summarize_clinical
 from lightning_seg.config import to_plain
 from lightning_seg.io import atomic_write, write_json, write_text
 from lightning_seg.lit_module import SegmentationModule, load_module
@@ -90,8 +91,12 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
             progress.update(1)
         seconds = time.perf_counter() - start
         method_rows = _rows(name, targeted, results, keys, target_keys if targeted else keys, labels, clean_dice, module)
+        clinical = clinical_report(CLINICAL_TASK[module.task.name], labels, clean_pred, torch.cat([r.pred for r in results]))
+        for i, row in enumerate(method_rows):
+            row.update({f"clin_{k}": float(v[i]) for k, v in clinical.items()})
         rows += method_rows
-        summaries.append(_summarise(name, targeted, method_rows, results, seconds))
+        summaries.append(_summarise(name, targeted, method_rows, results, seconds)
+                         | {f"clin_{k}": float(v) for k, v in summarize_clinical(clinical).items()})
         panels[name] = _panels(name, results, images, reference, ev.panels, run_dir, keys)
         logger.method(name, results, images, reference, labels, ev.panels)
     robustness = None
@@ -110,6 +115,8 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
         table += ("\n\n" if table else "") + "Robustness (untargeted, vs ground truth):\n\n" + robustness_table(robustness)
     header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(images)} {ev.split} images, "
               f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
+    if summaries:
+        table += "\n\nClinical read-outs (clean vs adversarial prediction):\n\n" + clinical_table(summaries)
     write_text(run_dir / "summary.md", f"# Attack results\n\n{header}\n\n{table}\n")
     result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt), "table": table,
               "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}, "robustness": robustness}
@@ -209,6 +216,28 @@ def table1(summaries: list[dict[str, Any]]) -> str:
             f"{s['linf_mean']:.3f} +- {s['linf_std']:.3f} | {pct('iou')} | {pct('pixel_acc')} | {100 * s['success_rate']:.0f} % | "
             f"{255 * s['rms_mean']:.2f} | {s['iterations_mean']:.0f} | {s['forwards_per_image']:.0f} | {s['seconds']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+# Our task names -> lightning_seg.clinical's: lesion shape read-outs for ISIC and disc-only, vCDR for disc_cup.
+CLINICAL_TASK = {"lesion": "isic", "disc": "disc", "disc_cup": "disc_cup"}
+CLINICAL_COLUMNS = {
+    "vCDR gt / clean / adv": ("clin_vcdr_gt", "clin_vcdr_clean", "clin_vcdr_adv"),
+    "screening flips at 0.6 / 0.7": ("clin_flip@0.6", "clin_flip@0.7"),
+    "mean abs dvCDR": ("clin_mean_abs_dvcdr",),
+    "rel. area change": ("clin_rel_area_change",),
+    "compactness clean / adv": ("clin_compactness_clean", "clin_compactness_adv"),
+    "asymmetry score clean / adv": ("clin_asym_score_clean", "clin_asym_score_adv"),
+}
+
+
+def clinical_table(summaries: list[dict[str, Any]]) -> str:
+    """Per attack: vCDR and screening-label flips (glaucoma disc_cup) or lesion shape changes (ISIC, disc)."""
+    columns = {name: keys for name, keys in CLINICAL_COLUMNS.items() if all(k in summaries[0] for k in keys)}
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for s in summaries:
+        cells = [" / ".join(f"{s[k]:.3f}" for k in keys) for keys in columns.values()]
+        lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

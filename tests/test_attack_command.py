@@ -67,6 +67,8 @@ def test_table1_run_folder(trained):
     for name in ("ssm", "asm", "asma", "dag"):
         assert f"| {name} | target |" in table
         assert (run / "panels" / f"{name}_000.png").is_file()
+    assert "| method | rel. area change | compactness clean / adv | asymmetry score clean / adv |" in table
+    assert all("clin_rel_area_change" in r and "clin_compactness_adv" in r for r in rows)
     summary = {s["method"]: s for s in json.loads((run / "results.json").read_text())["summary"]}
     assert summary["asma"]["forwards_per_image"] <= 16  # one forward per iteration (+1 final), early-stopped images stop
 
@@ -122,3 +124,18 @@ def test_validation_callback_logs_panels_and_table_to_wandb_offline(tmp_path: Pa
     assert list((media / "images" / "mask" / "val_adv").glob("*.mask.png"))
     assert list((media / "table" / "val_adv").glob("per_image_*.table.json"))
     assert "val_adv/robust_dice_lesion" in result["metrics"]
+
+
+def test_glaucoma_attack_reports_vcdr_and_screening_flips(tmp_path: Path):
+    from tests.conftest import tiny_overrides
+
+    fitted = fit(compose(tiny_overrides(tmp_path / "runs", **{"data": "glaucoma"})))
+    overrides = [f"run.output_dir={tmp_path / 'runs'}", "attack=[asma]", "logger=none", "attack.asma.max_iter=5",
+                 "attack_eval.num_images=4", f"run.ckpt={fitted['last_checkpoint']}"]
+    result = attack(compose_for("attack", overrides))
+    table = (Path(result["run_dir"]) / "summary.md").read_text()
+    assert "| method | vCDR gt / clean / adv | screening flips at 0.6 / 0.7 | mean abs dvCDR |" in table
+    rows = list(csv.DictReader((Path(result["run_dir"]) / "per_image.csv").open()))
+    assert all(0.0 <= float(r["clin_vcdr_gt"]) <= 1.0 for r in rows) and "clin_n2s@0.6" in rows[0]
+    summary = result["summary"][0]
+    assert summary["clin_flip@0.6"] == pytest.approx(summary["clin_n2s@0.6"] + summary["clin_s2n@0.6"])
