@@ -90,15 +90,17 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
             results.append(atk(net, x, ref))
             progress.update(1)
         seconds = time.perf_counter() - start
-        method_rows = _rows(name, targeted, results, keys, target_keys if targeted else keys, labels, clean_dice, module)
-        clinical = clinical_report(CLINICAL_TASK[module.task.name], labels, clean_pred, torch.cat([r.pred for r in results]))
+        adv, adv_pred = torch.cat([r.adv for r in results]), torch.cat([r.pred for r in results])
+        method_rows = _rows(name, targeted, results, adv_pred, keys, target_keys if targeted else keys, labels, clean_dice, module)
+        clinical = clinical_report(CLINICAL_TASK[module.task.name], labels, clean_pred, adv_pred)
         for i, row in enumerate(method_rows):
             row.update({f"clin_{k}": float(v[i]) for k, v in clinical.items()})
         rows += method_rows
         summaries.append(_summarise(name, targeted, method_rows, results, seconds)
                          | {f"clin_{k}": float(v) for k, v in summarize_clinical(clinical).items()})
-        panels[name] = _panels(name, results, images, reference, ev.panels, run_dir, keys)
-        logger.method(name, results, images, reference, labels, ev.panels)
+        iou = torch.cat([r.iou for r in results])
+        panels[name] = _panels(name, adv, adv_pred, iou, images, reference, ev.panels, run_dir, keys)
+        logger.method(name, adv, adv_pred, reference, ev.panels)
     robustness = None
     if ev.eps_sweep:
         robustness = _sweep(cfg, ckpt, images, labels, run_dir, progress)
@@ -170,10 +172,9 @@ def _train_batches(dm: Any, n: int, device: torch.device):
         yield batch["image"].to(device), batch["mask"].to(device)
 
 
-def _rows(name: str, targeted: bool, results: list[Any], keys: list[str], ref_keys: list[str], labels: Tensor,
+def _rows(name: str, targeted: bool, results: list[Any], adv_pred: Tensor, keys: list[str], ref_keys: list[str], labels: Tensor,
           clean_dice: Tensor, module: SegmentationModule) -> list[dict[str, Any]]:
-    pred = torch.cat([r.pred for r in results])
-    adv_dice = per_image_dice(pred, labels, module.task)
+    adv_dice = per_image_dice(adv_pred, labels, module.task)
     structures = module.task.structure_names
     records = [rec for r in results for rec in r.to_records()]
     n_per = sum(len(r) for r in results)
@@ -241,10 +242,8 @@ def clinical_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _panels(name: str, results: list[Any], images: Tensor, reference: Tensor, n: int, run_dir: Path, keys: list[str]) -> list[Path]:
-    adv = torch.cat([r.adv for r in results])
-    pred = torch.cat([r.pred for r in results])
-    iou = torch.cat([r.iou for r in results])
+def _panels(name: str, adv: Tensor, pred: Tensor, iou: Tensor, images: Tensor, reference: Tensor, n: int, run_dir: Path,
+            keys: list[str]) -> list[Path]:
     paths = []
     for i in range(min(n, len(adv))):
         panel = attack_panel(images[i], reference[i], adv[i], pred[i], title=f"{name} | {keys[i]} | IoU {float(iou[i]):.3f}")
@@ -280,13 +279,11 @@ class _Logger:
                               job_type="attack", name=f"attack/{run_dir.name}", config=to_plain(cfg), tags=list(cfg.logger.tags),
                               reinit="finish_previous")
 
-    def method(self, name: str, results: list[Any], images: Tensor, reference: Tensor, labels: Tensor, n: int) -> None:
+    def method(self, name: str, adv: Tensor, pred: Tensor, reference: Tensor, n: int) -> None:
         if self.run is None:
             return
         from lightning_seg.panels import to_uint8
 
-        adv = torch.cat([r.adv for r in results])
-        pred = torch.cat([r.pred for r in results])
         media = []
         for i in range(min(n, len(adv))):
             masks = {"prediction": {"mask_data": pred[i].cpu().numpy(), "class_labels": self.classes},
