@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.sampling import EpochSampler
 from datamodules.transforms import build_transform
-from lightning_seg.tasks import Task, get_task
+from lightning_seg.tasks import get_task
 
 Pair = tuple[np.ndarray, np.ndarray]
 

@@ -67,7 +67,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     images, labels, keys = _load_split(dm, ev.split, ev.num_images, device)
     with torch.no_grad():
         clean_pred = torch.cat([net(x).argmax(1) for x in images.split(ev.batch_size)])
-    labels = SegmentationModule.align(clean_pred.unsqueeze(1), labels)
+    labels = module.crop_labels(images, labels)
     targets, target_keys = _targets(labels, keys, ev, device)
     clean_dice = per_image_dice(clean_pred, labels, module.task)
 
@@ -157,12 +157,8 @@ def _targets(labels: Tensor, keys: list[str], ev: Any, device: torch.device) -> 
         order = [t for _, t in sorted(pairs)]
         return labels[order].clone(), [keys[t] for t in order]
     generator = torch.Generator(device=device).manual_seed(ev.seed)
-    targets = make_target(ev.target, labels, generator=generator, **to_plain_dict(ev.target_params))
+    targets = make_target(ev.target, labels, generator=generator, **to_plain(ev.target_params))
     return targets, [f"{k}:{ev.target}" for k in keys]
-
-
-def to_plain_dict(node: Any) -> dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def _train_batches(dm: Any, n: int, device: torch.device):

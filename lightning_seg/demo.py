@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from lightning_seg.attack_run import attack
 from lightning_seg.cli import compose_for
 from lightning_seg.config import compose
-from lightning_seg.io import atomic_write, write_json, write_text
+from lightning_seg.io import write_json, write_text
 from lightning_seg.lit_module import load_module
+from lightning_seg.panels import save_png
 from lightning_seg.runs import new_run_dir
 from lightning_seg.train import build_datamodule_from, fit, load_checkpoint_config
 from lightning_seg.visualize import preview_grid
@@ -78,4 +78,4 @@ def _save_preview(fits: dict[str, dict[str, Any]], path: Path, per_dataset: int 
         tiles.append(preview_grid(images, [b["mask"] for b in batch], preds, ncols=per_dataset, scale=2))
     width = max(t.shape[1] for t in tiles)
     grid = np.concatenate([np.pad(t, ((0, 6), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles])
-    atomic_write(path, lambda f: Image.fromarray(grid).save(f, format="PNG"), binary=True)
+    save_png(grid, path)
