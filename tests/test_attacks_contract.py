@@ -427,8 +427,9 @@ def test_output_smaller_than_input(name):
 
 
 def test_paper_ordering_ssm_asm_asma():
-    """Paper Table 1 ordering on a quickly trained net: SSM reaches a much lower target IoU than
-    ASM/ASMA at a much larger L2; ASMA is at least on par with ASM (paper: ASM <= ASMA)."""
+    """Paper Table 1 ordering on a quickly trained net at equal iterations (no early stop, 200 each):
+    IoU SSM < ASM <= ASMA and L2 ASMA <= ASM; SSM also needs a far larger perturbation.
+    Measured: IoU 0.12 / 0.982 / 0.995, L2 25.8 / 1.89 / 1.77."""
     from lightning_seg.attacks import asm, ssm
     from lightning_seg.attacks.testing import SmallUNet, synthetic_disks, train_quick
 
@@ -438,7 +439,8 @@ def test_paper_ordering_ssm_asm_asma():
     t = y.roll(1, 0)  # another image's mask as target (paper protocol)
     kw = dict(tau=1e-4, beta=1e-3, max_iter=200)
     s, a, aa = (f(model, x, t, **kw) for f in (ssm, asm, asma))
-    assert s.iou.mean() + 0.5 < a.iou.mean()
+    assert (s.iterations == 200).all() and (a.iterations == 200).all() and (aa.iterations == 200).all()
+    assert s.iou.mean() + 0.5 < a.iou.mean() <= aa.iou.mean()
+    assert aa.l2.mean() <= a.l2.mean()
     assert s.l2.mean() > 5 * a.l2.mean()
-    assert aa.iou.mean() >= a.iou.mean() - 0.01
     assert aa.iou.mean() > 0.95
