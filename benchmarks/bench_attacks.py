@@ -9,9 +9,9 @@ Rows (same model, same batch, same process):
 3. Peak memory of ASMA vs batch size (CUDA: max_memory_allocated; CPU: peak-RSS growth in a
    fresh subprocess per batch size, since tracemalloc does not see torch's allocator).
 
-Model: ``lightning_seg.models.build_model("unet", width=8, depth=3)`` when available, else a
-small U-Net-like conv net defined here, trained for a few seconds on synthetic disks (a random
-net barely depends on its input); the ASMA target is another image's clean prediction.
+Model: the project's default U-Net (``conf/model/unet.yaml``), trained for a few seconds on
+synthetic disks (a random net barely depends on its input); the ASMA target is another image's
+clean prediction.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from torch import nn
 
 from lightning_seg.attacks import asma
 from lightning_seg.attacks.measure import per_image_iou
-from lightning_seg.attacks.testing import SmallUNet, synthetic_disks, train_quick
+from lightning_seg.attacks.testing import synthetic_disks, train_quick
 
 
 def get_model() -> tuple[nn.Module, str]:
-    try:
-        from lightning_seg.models import build_model
+    """The default segmenter of the project (``conf/model`` via the config schema): the floor is its cost."""
+    from lightning_seg.config import compose, to_plain
+    from lightning_seg.models import build_model
 
-        return build_model("unet", width=8, depth=3), "lightning_seg UNet(width=8, depth=3)"
-    except Exception as exc:  # noqa: BLE001 - fall back to the local net whatever the reason
-        return SmallUNet(), f"local SmallUNet ({type(exc).__name__})"
+    params = to_plain(compose(["logger=none"]).model)
+    return build_model(params.pop("name"), **params), f"default UNet({params['width']=}, {params['depth']=})"
 
 
 def sync(dev: torch.device) -> None:

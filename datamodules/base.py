@@ -125,10 +125,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.skip_bad, self.soft_threshold = augment, skip_bad, soft_threshold
         self.options = dict(options or {})
+        unknown = sorted(set(self.options) - set(self.synthetic_options)) if source == "synthetic" else []
+        if unknown:
+            allowed = ", ".join(self.synthetic_options) or "none"
+            raise ValueError(f"data.options {unknown} are not options of the synthetic {self.name} generator (allowed: {allowed})")
         self.source: Source | None = None
         self.split_ids: dict[str, list[int]] = {}
 
     # -- to implement in subclasses -------------------------------------------------------------
+    synthetic_options: tuple[str, ...] = ()  # data.options keys the synthetic generator accepts
+
     def synthetic_pair(self, index: int) -> Pair:
         raise NotImplementedError
 

@@ -11,10 +11,12 @@ class ISICDataModule(SegmentationDataModule):
     name = "isic"
     tasks = ("lesion",)
 
+    synthetic_options = ("contrast",)  # e.g. data.options.contrast=[0.3,1.0]: fainter lesions
+
     def synthetic_pair(self, index: int) -> Pair:
         from datamodules.synthetic import synth_isic
 
-        return synth_isic(index, seed=self.data_seed, size=self.image_size)
+        return synth_isic(index, seed=self.data_seed, size=self.image_size, **self.options)
 
     def discover(self, root: Path):
         from datamodules.layouts import discover_isic

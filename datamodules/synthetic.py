@@ -210,7 +210,7 @@ def _isic_mask(p: dict[str, Any], size: int) -> np.ndarray:
     return (d_px > 0).astype(np.uint8)
 
 
-def _draw_isic(index: int, seed: int, size: int, hairs: bool = True
+def _draw_isic(index: int, seed: int, size: int, hairs: bool = True, contrast: tuple[float, float] = (1.0, 1.0)
                ) -> tuple[np.ndarray, np.ndarray]:
     p = synth_isic_params(index, seed=seed)
     rng = np.random.default_rng([int(seed), int(index), _TAG_ISIC, 1])
@@ -259,6 +259,10 @@ def _draw_isic(index: int, seed: int, size: int, hairs: bool = True
     # periphery fades slightly towards the skin (border of a naevus is not a step)
     fade = (rng.uniform(0.0, 0.35) * np.clip(t, 0, 1) ** 4)[..., None]
     lesion = lesion + fade * (skin - lesion)
+    lo, hi = contrast
+    if (lo, hi) != (1.0, 1.0):  # own stream: the other draws stay the same whatever the range
+        c = np.random.default_rng([int(seed), int(index), _TAG_ISIC, 2]).uniform(lo, hi)
+        lesion = skin + np.float32(c) * (lesion - skin)
 
     # globules: small dark dots inside the lesion
     glob = _coverage_canvas(size, 2)
@@ -324,16 +328,22 @@ def _draw_isic(index: int, seed: int, size: int, hairs: bool = True
     return _to_uint8(img), mask
 
 
-def synth_isic(index: int, *, seed: int = 0, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def synth_isic(index: int, *, seed: int = 0, size: int = 128,
+               contrast: tuple[float, float] | list[float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """One dermoscopy-like sample: uint8 HxWx3 RGB image and uint8 HxW mask {0, 1}.
 
     Skin with low-frequency colour variation and fine texture, one irregular lesion
     (star-shaped radial Fourier blob: single connected region, 7-40 % of the image),
     darker core, reddish / blue-grey areas, pigment network, globules, hairs (image
     only), vignetting, blur and sensor noise. Deterministic in ``(seed, index)``.
+    ``contrast=(lo, hi)``: the lesion colour is blended towards the skin by a factor drawn
+    uniformly in [lo, hi] per image (1 = as drawn; 0.3 = faint lesions). The mask does not change.
     """
     _check_args(index, seed, size)
-    return _draw_isic(int(index), int(seed), int(size), hairs=True)
+    lo, hi = (float(c) for c in contrast)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"contrast must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(contrast)!r}")
+    return _draw_isic(int(index), int(seed), int(size), hairs=True, contrast=(lo, hi))
 
 
 # ----------------------------------------------------------------------------- fundus

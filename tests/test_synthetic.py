@@ -329,3 +329,26 @@ def test_mask_contour_of_a_square():
     r[1:5, 1:5] = True
     c = mask_contour(r)
     assert c.sum() == 12 and not c[2:4, 2:4].any()
+
+
+def test_isic_contrast_option_fades_the_lesion_only():
+    from datamodules.synthetic import synth_isic
+
+    img, mask = synth_isic(3, seed=0, size=48)
+    faint, faint_mask = synth_isic(3, seed=0, size=48, contrast=(0.3, 0.3))
+    assert (mask == faint_mask).all()
+    inside, outside = mask.astype(bool), ~mask.astype(bool)
+    gap = lambda im: abs(float(im[outside].mean()) - float(im[inside].mean()))  # noqa: E731
+    assert gap(faint) < 0.5 * gap(img)
+    with pytest.raises(ValueError, match="contrast"):
+        synth_isic(3, seed=0, size=48, contrast=(0.0, 1.0))
+
+
+def test_isic_contrast_reaches_the_generator_through_data_options():
+    from datamodules import build_datamodule
+
+    dm = build_datamodule("isic", image_size=32, num_train=2, num_val=1, num_test=1, options={"contrast": [0.3, 0.3]})
+    dm.setup()
+    assert dm.dataset("train")[(0, 0)]["image"].shape[-1] == 32
+    with pytest.raises(ValueError, match="contrst.*allowed: contrast"):
+        build_datamodule("isic", options={"contrst": [0.3, 1.0]})
