@@ -35,7 +35,7 @@ from lightning_seg.panels import attack_panel, save_png
 from lightning_seg.robustness import plot_curve, robustness_sweep, robustness_table
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.targets import derangement_pairs, make_target
-from lightning_seg.train import build_datamodule_from
+from lightning_seg.train import build_datamodule_from, defense_hparams
 
 TABLE_COLUMNS = ("l2", "linf", "iou", "pixel_acc")
 
@@ -56,7 +56,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     pl.seed_everything(cfg.seed, verbose=False)
     ev = cfg.attack_eval
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    module = load_module(str(ckpt))
+    module = load_module(str(ckpt), defense=defense_hparams(cfg))  # cfg.defense: the checkpoint's unless overridden
     if module.task.name != cfg.data.task:
         raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
     net = module.net.eval()
