@@ -165,7 +165,8 @@ def _defense_report(cfg: DictConfig, ckpt: Path, module: SegmentationModule, att
     _write_csv(run_dir / "defense.csv", report["rows"])
     header = (f"# Defense report\n\nCheckpoint `{ckpt}`, {len(images)} {ev.split} images; "
               "oblivious = adversarial images crafted on the undefended model, then defended; adaptive = the attack on "
-              "model . defense (BPDA: identity backward). Only adaptive rows support a robustness claim.")
+              "model . defense (BPDA: identity backward). Only adaptive rows support a robustness claim. Adversarial images stay "
+              "float in [0,1] (no uint8 round-trip); means over images; IoU / Dice per image vs the ground truth.")
     write_text(run_dir / "defense.md", report_markdown(report, header) + "\n")
     return report
 
