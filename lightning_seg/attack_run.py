@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from lightning_seg.attacks import ATTACKS, UniversalAttack, build_attack
 from lightning_seg.attacks.universal import hide_class_target
 from lightning_seg.clinical import clinical_report, summarize_clinical
-from lightning_seg.config import to_plain
+from lightning_seg.config import defense_section, to_plain
+from lightning_seg.defense_eval import defense_report, report_markdown
 from lightning_seg.io import atomic_write, write_json, write_text
 from lightning_seg.lit_module import SegmentationModule, load_module
 from lightning_seg.metrics import per_image_dice
@@ -35,13 +36,15 @@ from lightning_seg.panels import attack_panel, save_png
 from lightning_seg.robustness import plot_curve, robustness_sweep, robustness_table
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.targets import derangement_pairs, make_target
-from lightning_seg.train import build_datamodule_from
+from lightning_seg.train import build_datamodule_from, defense_hparams
 
 TABLE_COLUMNS = ("l2", "linf", "iou", "pixel_acc")
 
 
 def attack(cfg: DictConfig) -> dict[str, Any]:
     """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run) with every attack in ``cfg.attack``."""
+    if cfg.attack_eval.defenses and not cfg.attack:
+        raise ValueError("attack_eval.defenses needs attacks to evaluate them under: add attack=[asma,pgd]")
     if not cfg.attack and not cfg.attack_eval.eps_sweep:
         raise ValueError("Nothing to do: choose attacks (attack=[ssm,asm,asma,dag]) and/or a sweep (attack_eval.eps_sweep=[1/255,4/255])")
     # key = the label in reports (e.g. asma_paper); params["name"] = the registered attack. Bad keys fail here, early.
@@ -56,7 +59,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     pl.seed_everything(cfg.seed, verbose=False)
     ev = cfg.attack_eval
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    module = load_module(str(ckpt))
+    module = load_module(str(ckpt), defense=defense_hparams(cfg))  # cfg.defense: the checkpoint's unless overridden
     if module.task.name != cfg.data.task:
         raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
     net = module.net.eval()
@@ -75,6 +78,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     panels: dict[str, list[Path]] = {}
+    adversarial: dict[str, Tensor] = {}
     n_batches = math.ceil(len(images) / ev.batch_size)
     n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
     progress = tqdm(total=(len(attacks) + n_sweep) * n_batches, desc="attack", unit="batch", disable=None)
@@ -91,6 +95,8 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
             progress.update(1)
         seconds = time.perf_counter() - start
         adv, adv_pred = torch.cat([r.adv for r in results]), torch.cat([r.pred for r in results])
+        if not isinstance(atk, UniversalAttack):
+            adversarial[name] = adv
         method_rows = _rows(name, targeted, results, adv_pred, keys, target_keys if targeted else keys, labels, clean_dice, module)
         clinical = clinical_report(CLINICAL_TASK[module.task.name], labels, clean_pred, adv_pred)
         for i, row in enumerate(method_rows):
@@ -101,6 +107,10 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
         iou = torch.cat([r.iou for r in results])
         panels[name] = _panels(name, adv, adv_pred, iou, images, reference, ev.panels, run_dir, keys)
         logger.method(name, adv, adv_pred, reference, ev.panels)
+    defense = None
+    if ev.defenses:
+        defense = _defense_report(cfg, ckpt, module, attacks, adversarial, images, labels, targets, run_dir)
+        logger.table("attack/defense", defense["rows"])
     robustness = None
     if ev.eps_sweep:
         robustness = _sweep(cfg, ckpt, images, labels, run_dir, progress)
@@ -117,11 +127,14 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
         table += ("\n\n" if table else "") + "Robustness (untargeted, vs ground truth):\n\n" + robustness_table(robustness)
     header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(images)} {ev.split} images, "
               f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
+    if defense:
+        table += "\n\nDefenses (threat model per row; efficiency = IoU of the defended prediction vs ground truth):\n\n" + report_markdown(defense)
     if summaries:
         table += "\n\nClinical read-outs (clean vs adversarial prediction):\n\n" + clinical_table(summaries)
     write_text(run_dir / "summary.md", f"# Attack results\n\n{header}\n\n{table}\n")
     result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt), "table": table,
-              "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}, "robustness": robustness}
+              "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}, "robustness": robustness,
+              "defense": defense}
     write_json(run_dir / "results.json", result)
     logger.finish(summaries, rows)
     return result
@@ -136,6 +149,26 @@ def _sweep(cfg: DictConfig, ckpt: Path, images: Tensor, labels: Tensor, run_dir:
     write_text(run_dir / "robustness.md", robustness_table(rows) + "\n")
     plot_curve(rows, run_dir / "robustness.png")
     return rows
+
+
+def _defense_report(cfg: DictConfig, ckpt: Path, module: SegmentationModule, attacks: dict[str, Any], adversarial: dict[str, Tensor],
+                    images: Tensor, labels: Tensor, targets: Tensor, run_dir: Path) -> dict[str, Any]:
+    """Each defense of ``attack_eval.defenses`` in front of the checkpoint's bare network (lightning_seg.defense_eval)."""
+    ev = cfg.attack_eval
+    bare = module.base_net
+    # images crafted on the bare network by the main loop are the oblivious attacker's (not when it attacked a defended net)
+    oblivious = adversarial if bare is module.net else None
+    report = defense_report(bare, {name: defense_section(name) for name in ev.defenses},
+                            {k: a for k, a in attacks.items() if not isinstance(a, UniversalAttack)}, images, labels, targets,
+                            module.task, batch_size=ev.batch_size, eps_sweep=list(ev.eps_sweep), sweep_steps=ev.sweep_steps,
+                            oblivious=oblivious, sections=to_plain(cfg.attack))
+    _write_csv(run_dir / "defense.csv", report["rows"])
+    header = (f"# Defense report\n\nCheckpoint `{ckpt}`, {len(images)} {ev.split} images; "
+              "oblivious = adversarial images crafted on the undefended model, then defended; adaptive = the attack on "
+              "model . defense (BPDA: identity backward). Only adaptive rows support a robustness claim. Adversarial images stay "
+              "float in [0,1] (no uint8 round-trip); means over images; IoU / Dice per image vs the ground truth.")
+    write_text(run_dir / "defense.md", report_markdown(report, header) + "\n")
+    return report
 
 
 def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
@@ -286,6 +319,12 @@ class _Logger:
                      "reference": {"mask_data": reference[i].cpu().numpy(), "class_labels": self.classes}}
             media.append(self.wandb.Image(to_uint8(adv[i]), masks=masks, caption=f"{name} #{i}"))
         self.run.log({f"attack/{name}/panels": media})
+
+    def table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        if self.run is None or not rows:
+            return
+        cols = list(rows[0])
+        self.run.log({key: self.wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])})
 
     def robustness(self, rows: list[dict[str, Any]], plot: Path) -> None:
         if self.run is None:

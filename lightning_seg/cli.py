@@ -62,7 +62,10 @@ def compose_for(command: str, overrides: list[str], extra_files: list[str] | Non
 
         stored = load_checkpoint_config(resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir))
         if stored:
-            cfg = compose(overrides, extra_files=extra_files, base={"seed": stored["seed"], "data": stored["data"]})
+            base = {"seed": stored["seed"], "data": stored["data"]}
+            if stored.get("defense"):  # a model trained behind a defense is evaluated behind it unless defense=... says otherwise
+                base["defense"] = stored["defense"]
+            cfg = compose(overrides, extra_files=extra_files, base=base)
     return cfg
 
 

@@ -125,6 +125,9 @@ class AttackEvalConfig:
     sweep_attacks: list[str] = field(default_factory=lambda: ["pgd", "segpgd"])
     sweep_steps: int = 20
     checkpoints: list[str] = field(default_factory=list)
+    # Defense report: names of conf/defense/*.yaml (e.g. [fr,jpeg,bit_depth]) evaluated in front of the undefended
+    # checkpoint under every attack: benign loss, oblivious and adaptive (BPDA / EOT) defense efficiency.
+    defenses: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +159,29 @@ class AdvTrainConfig:
 
 
 @dataclass
+class DefenseConfig:
+    """Input-transformation defense in front of the model (lightning_seg.defenses, REFERENCE 3); conf/defense/<name>.yaml.
+
+    One flat schema for every defense: a parameter left at None takes the defense's own default; setting a parameter
+    the chosen defense does not have fails (lightning_seg.defenses.defense_from_config)."""
+
+    name: str = "none"  # none | fr | jpeg | bit_depth | median | gaussian | random_noise
+    gradient: str = "bpda"  # backward used by attacks on the defended model: bpda (identity) | exact | surrogate (cubic rounding)
+    eot_samples: int = 1  # logits averaged over this many samples of a randomised defense (EOT)
+    pd: Optional[float] = None  # fr: step of the priority-defense band, max(u,v) <= 1 (0..255 DCT units)
+    ac: Optional[float] = None  # fr: accuracy-compensation band, 2 <= max(u,v) <= 3
+    gd: Optional[float] = None  # fr: global-defense band, max(u,v) >= 4
+    quality: Optional[int] = None  # jpeg: 1..100
+    subsampling: Optional[bool] = None  # jpeg: 4:2:0 chroma
+    bits: Optional[int] = None  # bit_depth
+    rounding: Optional[str] = None  # fr, jpeg, bit_depth: exact | ste | cubic (forward rounding)
+    kernel_size: Optional[int] = None  # median
+    sigma: Optional[float] = None  # gaussian: pixels; random_noise: [0,1] units
+    truncate: Optional[float] = None  # gaussian
+    seed: Optional[int] = None  # random_noise
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -168,6 +194,7 @@ class RootConfig:
     attack_eval: AttackEvalConfig = field(default_factory=AttackEvalConfig)
     adv_val: AdvValConfig = field(default_factory=AdvValConfig)
     adv_train: AdvTrainConfig = field(default_factory=AdvTrainConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
     # attack name -> its hyper-parameters (conf/attack/<name>.yaml); validated by lightning_seg.attacks.build_attack
     attack: dict[str, Any] = field(default_factory=dict)
 
@@ -288,7 +315,32 @@ def compose(
             raise ConfigError(f"Unknown config key '{key}'.{_suggest(key, cfg)} Run `python -m lightning_seg --help` for the groups.")
         cfg = _merge(cfg, OmegaConf.from_dotlist([_fraction(item)]), f"override {item}")
     OmegaConf.set_readonly(cfg, False)
+    _check_defenses(cfg, root)
     return cfg
+
+
+def _check_defenses(cfg: DictConfig, root: Path) -> None:
+    """Unknown defense names / parameters fail at compose time, before anything runs."""
+    names = list(cfg.attack_eval.defenses)
+    from lightning_seg.defenses import defense_from_config
+
+    choices = sorted(p.stem for p in (root / "defense").glob("*.yaml"))
+    for name in names:
+        if name not in choices:
+            close = difflib.get_close_matches(name, choices, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"attack_eval.defenses: unknown defense {name!r}.{hint} Choices: {', '.join(choices)}.")
+    try:
+        defense_from_config(to_plain(cfg.defense))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(str(e).strip("'\"").splitlines()[0]) from None
+
+
+def defense_section(name: str) -> dict[str, Any]:
+    """The plain ``defense`` section for ``conf/defense/<name>.yaml`` (schema defaults + that file)."""
+    root = conf_dir()
+    node = _merge(OmegaConf.structured(DefenseConfig), _load_yaml(_group_file(root, "defense", name)), f"conf/defense/{name}.yaml")
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
 def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> DictConfig:
@@ -300,12 +352,11 @@ def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> Dict
                 cfg = _merge(cfg, {group: {c: node}}, f"conf/{group}/{c}.yaml")
             continue
         if group not in cfg:
-            # e.g. conf/defense/: the modules exist (lightning_seg.defenses) but no command consumes them yet;
-            # failing beats silently ignoring the choice.
-            raise ConfigError(
-                f"{group}={choice}: the '{group}' group is not used by the commands yet; "
-                f"use it from Python (e.g. lightning_seg.defenses.DefendedModel)"
-            )
+            raise ConfigError(f"{group}={choice}: no '{group}' section in the config schema (lightning_seg/config.py)")
+        if group == "defense":
+            # a new defense replaces the previous one's parameters (e.g. the checkpoint's fr -> jpeg), keeping the
+            # attacker's gradient / EOT choice
+            cfg.defense = DefenseConfig(gradient=cfg.defense.gradient, eot_samples=cfg.defense.eot_samples)
         cfg = _merge(cfg, {group: _load_yaml(_group_file(root, group, choice))}, f"conf/{group}/{choice}.yaml")
     return cfg
 

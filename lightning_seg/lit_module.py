@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_seg.defenses import DefendedModel, defend
 from lightning_seg.losses import DiceCELoss
 from lightning_seg.metrics import StructureMetrics
 from lightning_seg.models import build_model, center_crop
@@ -22,12 +23,15 @@ from lightning_seg.tasks import get_task
 
 class SegmentationModule(pl.LightningModule):
     def __init__(self, model: dict[str, Any], task: str, optim: dict[str, Any] | None = None, loss: dict[str, Any] | None = None,
-                 adv_train: dict[str, Any] | None = None) -> None:
+                 adv_train: dict[str, Any] | None = None, defense: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task = get_task(task)
         model = dict(model)
-        self.net = build_model(model.pop("name", "unet"), num_classes=self.task.num_classes, **model)
+        net = build_model(model.pop("name", "unet"), num_classes=self.task.num_classes, **model)
+        # The defense is part of the model: trained behind it, and attacks on `net` (callback, AT hook, `attack`)
+        # are adaptive (BPDA by default). `defense=None` / name none: the bare network.
+        self.net = defend(net, defense)
         self.optim_cfg = {"lr": 3e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_fraction": 0.05, **(optim or {})}
         self.criterion = DiceCELoss(self.task, **(loss or {}))
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the prefix.
@@ -43,6 +47,16 @@ class SegmentationModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    @property
+    def base_net(self) -> torch.nn.Module:
+        """The network without its input defense (what an oblivious attacker attacks)."""
+        return self.net.model if isinstance(self.net, DefendedModel) else self.net
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Weights load whether or not the checkpoint was trained behind a defense: the defenses have no
+        parameters, only the prefix of the network's keys differs (``net.`` vs ``net.model.``)."""
+        return super().load_state_dict(_align_net_keys(state_dict, set(self.state_dict())), strict=strict, assign=assign)
 
     def crop_labels(self, images: Tensor, labels: Tensor) -> Tensor:
         """Labels cropped to the logits' size for these images (no forward pass needed)."""
@@ -121,11 +135,29 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_module(path: str, map_location: str | torch.device = "cpu") -> SegmentationModule:
-    """Load a checkpoint written by ``fit`` safely (``weights_only=True``: no arbitrary unpickling)."""
+def _align_net_keys(state_dict: Any, own: set[str]) -> Any:
+    bare, wrapped = "net.", "net.model."
+    out = type(state_dict)()
+    for key, value in state_dict.items():
+        if key not in own and key.startswith(wrapped) and bare + key[len(wrapped):] in own:
+            key = bare + key[len(wrapped):]
+        elif key not in own and key.startswith(bare) and wrapped + key[len(bare):] in own:
+            key = wrapped + key[len(bare):]
+        out[key] = value
+    return out
+
+
+def load_module(path: str, map_location: str | torch.device = "cpu", defense: Any = "checkpoint") -> SegmentationModule:
+    """Load a checkpoint written by ``fit`` safely (``weights_only=True``: no arbitrary unpickling).
+
+    ``defense``: ``"checkpoint"`` keeps the defense the model was trained behind; a defense config section
+    (plain mapping, ``None`` = bare network) puts the weights behind that defense instead."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a lightning_seg checkpoint (no hyper_parameters/state_dict)")
-    module = SegmentationModule(**ckpt["hyper_parameters"])
+    hparams = dict(ckpt["hyper_parameters"])
+    if not isinstance(defense, str):
+        hparams["defense"] = defense
+    module = SegmentationModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()

@@ -42,9 +42,15 @@ def build_datamodule_from(cfg: DictConfig) -> SegmentationDataModule:
     return build_datamodule(data.pop("name"), seed=cfg.seed, **data)
 
 
+def defense_hparams(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``defense`` section as the module's hyper-parameter (plain; ``None`` = no defense, as in old checkpoints)."""
+    return to_plain(cfg.defense) if cfg.defense.name != "none" else None
+
+
 def build_module(cfg: DictConfig) -> SegmentationModule:
     adv = to_plain(cfg.adv_train) if cfg.adv_train.enabled else None
-    return SegmentationModule(model=to_plain(cfg.model), task=cfg.data.task, optim=to_plain(cfg.optim), loss=to_plain(cfg.loss), adv_train=adv)
+    return SegmentationModule(model=to_plain(cfg.model), task=cfg.data.task, optim=to_plain(cfg.optim), loss=to_plain(cfg.loss), adv_train=adv,
+                              defense=defense_hparams(cfg))
 
 
 def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -212,7 +218,8 @@ def evaluate(cfg: DictConfig, stage: str = "validate") -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig, stage: str, ckpt: Path, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = SegmentationModule(**torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"])
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    module = SegmentationModule(**{**hparams, "defense": defense_hparams(cfg)})  # cfg.defense: the checkpoint's unless overridden
     if module.task.name != cfg.data.task:
         raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
     datamodule = build_datamodule_from(cfg)

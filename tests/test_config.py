@@ -55,9 +55,9 @@ def test_print_config(capsys: pytest.CaptureFixture[str]):
     assert "task: disc_cup" in capsys.readouterr().out
 
 
-def test_a_group_no_command_uses_fails_instead_of_being_ignored():
-    with pytest.raises(ConfigError, match="not used by the commands yet"):
-        compose(["defense=fr"])
+def test_the_defense_group_is_a_config_section():
+    cfg = compose(["defense=fr"])  # consumed by the commands (tests/test_defense_commands.py)
+    assert (cfg.defense.name, cfg.defense.pd, cfg.defense.gd) == ("fr", 30.0, 60.0)
 
 
 def test_attack_list_choice_and_fraction_values():

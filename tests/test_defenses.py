@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lightning_seg.defenses import (
+    ATTACKER_KEYS,
     DEFENSES,
     JPEG,
     DefendedModel,
@@ -421,8 +422,10 @@ def test_yaml_equals_dataclass_defaults(name: str) -> None:
     path = CONF_DIR / f"{name}.yaml"
     assert path.exists(), f"missing {path}"
     loaded = OmegaConf.to_container(OmegaConf.load(path))
+    attacker = {k: loaded.pop(k) for k in ATTACKER_KEYS if k in loaded}  # the attacker's settings, not the transform's
+    assert set(attacker) <= {"eot_samples"} and (not attacker or DEFENSES.get(name).randomized)
     cls = DEFENSES.get(name)
     assert loaded == dataclasses.asdict(cls.Config())
     # the structured schema accepts the yaml (types match) and builds the defense
-    merged = OmegaConf.merge(OmegaConf.structured(cls.Config), OmegaConf.load(path))
+    merged = OmegaConf.merge(OmegaConf.structured(cls.Config), loaded)
     assert isinstance(build_defense(merged), cls)

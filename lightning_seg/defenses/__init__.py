@@ -18,13 +18,22 @@ from lightning_seg.defenses.base import (
 )
 from lightning_seg.defenses.bit_depth import BitDepth, bit_depth_reduction
 from lightning_seg.defenses.dct import blockwise_quantize, dct_matrix
-from lightning_seg.defenses.defended import GRADIENT_MODES, DefendedModel, defense_with_gradient, eot_input_grad
+from lightning_seg.defenses.defended import (
+    ATTACKER_KEYS,
+    GRADIENT_MODES,
+    DefendedModel,
+    defend,
+    defense_from_config,
+    defense_with_gradient,
+    eot_input_grad,
+)
 from lightning_seg.defenses.frequency_refinement import FrequencyRefinement, fr_quant_table, frequency_refinement
 from lightning_seg.defenses.jpeg import JPEG, jpeg, jpeg_quant_tables
 from lightning_seg.defenses.random_noise import RandomNoise
 from lightning_seg.defenses.smoothing import GaussianBlur, MedianFilter, gaussian_blur, median_filter
 
 __all__ = [
+    "ATTACKER_KEYS",
     "DEFENSES",
     "GRADIENT_MODES",
     "JPEG",
@@ -42,6 +51,8 @@ __all__ = [
     "build_defense",
     "config_defaults",
     "dct_matrix",
+    "defend",
+    "defense_from_config",
     "defense_with_gradient",
     "eot_input_grad",
     "fr_quant_table",

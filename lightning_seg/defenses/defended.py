@@ -23,12 +23,14 @@ n samples (expectation of the gradient). Deterministic defenses need n = 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.defenses.base import Defense, build_defense
+from lightning_seg.defenses.base import DEFENSES, Defense, build_defense
 
 GRADIENT_MODES: tuple[str, ...] = ("exact", "bpda", "surrogate")
 
@@ -90,8 +92,50 @@ class DefendedModel(nn.Module):
             out = out + self.model(self.transform(x))
         return out / self.eot_samples if self.eot_samples > 1 else out
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the logits (the defenses keep the input size)."""
+        inner = getattr(self.model, "output_size", None)
+        return inner(height, width) if inner is not None else (height, width)
+
     def extra_repr(self) -> str:
         return f"gradient={self.gradient!r}, eot_samples={self.eot_samples}"
+
+
+# keys of the flat ``defense`` config section (lightning_seg.config.DefenseConfig) that configure the attacker, not the transform
+ATTACKER_KEYS = ("gradient", "eot_samples")
+
+
+def defense_from_config(section: Mapping[str, Any] | None) -> tuple[Defense | None, str, int]:
+    """``(defense or None, gradient, eot_samples)`` from a flat ``defense`` config section (plain mapping).
+
+    Parameters left at ``None`` take the defense's defaults; a parameter the named defense does not have fails
+    with one line naming it and the valid ones. ``name: none`` (or no section: old checkpoints) gives ``None``."""
+    section = dict(section or {})
+    gradient = section.pop("gradient", "bpda")
+    eot_samples = section.pop("eot_samples", 1)
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"defense.gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise ValueError(f"defense.eot_samples={eot_samples!r} must be an int >= 1.")
+    name = section.pop("name", "none")
+    params = {k: v for k, v in section.items() if v is not None}
+    cls = DEFENSES.get(name)  # unknown name: UnknownNameError with close matches
+    valid = sorted({f.name for f in dataclasses.fields(cls.Config)} - {"name"})  # type: ignore[attr-defined]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"defense {name!r} has no parameter(s) {', '.join(f'defense.{k}' for k in unknown)}; "
+                         f"its parameters: {', '.join(valid) or 'none'}.")
+    if name == "none":
+        return None, gradient, eot_samples
+    return build_defense({"name": name, **params}), gradient, eot_samples
+
+
+def defend(model: nn.Module, section: Mapping[str, Any] | None) -> nn.Module:
+    """``model`` behind the configured defense (a :class:`DefendedModel`), or ``model`` itself for ``none``."""
+    defense, gradient, eot_samples = defense_from_config(section)
+    if defense is None:
+        return model
+    return DefendedModel(model, defense, gradient=gradient, eot_samples=eot_samples)
 
 
 def eot_input_grad(
@@ -118,4 +162,5 @@ def eot_input_grad(
     return loss_sum / n_samples, grad_sum / n_samples
 
 
-__all__ = ["GRADIENT_MODES", "DefendedModel", "Defense", "defense_with_gradient", "eot_input_grad"]
+__all__ = ["ATTACKER_KEYS", "GRADIENT_MODES", "DefendedModel", "Defense", "defend", "defense_from_config", "defense_with_gradient",
+           "eot_input_grad"]
