@@ -48,7 +48,7 @@ class AdversarialTrainingHook:
         self.name, self.ratio, self.target = attack, ratio, target
         if attack == "random_synthesis":
             self.attack = None
-            self.synthesis = SynthesisConfig(**{k: v for k, v in params.items() if k != "name"})  # validates the keys
+            self.synthesis: SynthesisConfig = build_named_attack("synthesis", None, **params).config  # validates the keys
             return
         if attack == "synthesis":
             params = {"steps": steps, **SYNTHESIS_TRAIN_DEFAULTS, **params}
