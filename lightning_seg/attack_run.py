@@ -229,6 +229,8 @@ CLINICAL_COLUMNS = {
     "vCDR gt / clean / adv": ("clin_vcdr_gt", "clin_vcdr_clean", "clin_vcdr_adv"),
     "screening flips at 0.6 / 0.7": ("clin_flip@0.6", "clin_flip@0.7"),
     "target masks' flips at 0.6 / 0.7": ("clin_target_flip@0.6", "clin_target_flip@0.7"),
+    "normal->suspect of clean-normal at 0.6 / 0.7": ("clin_n2s_of_normal@0.6", "clin_n2s_of_normal@0.7"),
+    "same for the target masks": ("clin_target_n2s_of_normal@0.6", "clin_target_n2s_of_normal@0.7"),
     "mean abs dvCDR": ("clin_mean_abs_dvcdr",),
     "rel. area change": ("clin_rel_area_change",),
     "compactness clean / adv": ("clin_compactness_clean", "clin_compactness_adv"),

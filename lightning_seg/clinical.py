@@ -334,17 +334,30 @@ def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
             out[f"flip@{t}"] = out[k] + out[f"s2n@{t}"]
     if "dvcdr" in report:
         out["mean_abs_dvcdr"] = report["dvcdr"].abs().float().mean()
+    if "vcdr_clean" in report:  # normal -> suspect among the images that can flip that way (clean vCDR < t)
+        for k in list(out):
+            if k.startswith("n2s@"):
+                normal = report["vcdr_clean"] < float(k[4:])
+                n = normal.sum()
+                out[f"n2s_of_normal@{k[4:]}"] = torch.where(
+                    n > 0, (report[k].float() * normal).sum() / n.clamp_min(1), torch.tensor(float("nan")))
     return out
 
 
 def target_flip_shares(task: str, clean_pred: Tensor, targets: Tensor,
                        thresholds: tuple[float, ...] = (0.6, 0.7)) -> dict[str, Tensor]:
     """Glaucoma: share of images whose screening label flips from the clean prediction to the attack's *target*
-    mask (``target_flip@t``), the upper bound of what a targeted attack can flip; {} for shape tasks."""
+    mask (``target_flip@t``), the upper bound of what a targeted attack can flip, and the normal -> suspect share
+    among clean-normal images (``target_n2s_of_normal@t``); {} for shape tasks."""
     if task.lower() not in GLAUCOMA_TASKS:
         return {}
-    flips = screening_flips(vcdr(clean_pred), vcdr(targets), thresholds)
-    return {f"target_flip@{t:g}": flips[f"flip@{t:g}"] for t in thresholds}
+    v_clean, v_target = vcdr(clean_pred), vcdr(targets)
+    flips = screening_flips(v_clean, v_target, thresholds)
+    out = {f"target_flip@{t:g}": flips[f"flip@{t:g}"] for t in thresholds}
+    for t in thresholds:
+        normal = v_clean < t
+        out[f"target_n2s_of_normal@{t:g}"] = (normal & (v_target >= t)).float().sum() / normal.sum().clamp_min(1)
+    return out
 
 
 # Per-image read-outs for the validation callback (fixed key set per task, so DDP ranks log the same keys).

@@ -95,3 +95,15 @@ def test_callback_logs_clinical_readouts_for_glaucoma(tiny, tmp_path: Path):
         assert f"val_adv/{k}" in metrics, k
     assert 0.2 < metrics["val_adv/clin_vcdr_gt"] < 0.9  # synthetic fundus: vCDR drawn in [0.3, 0.8]
     assert 0.0 <= metrics["val_adv/clin_flip@0.6"] <= 1.0
+
+
+def test_summary_normal_to_suspect_share_among_clean_normal_images():
+    from lightning_seg.clinical import clinical_report, summarize_clinical
+
+    gt = torch.stack([optic((10, 20))] * 3)
+    clean = torch.stack([optic((10, 20)), optic((10, 20)), optic((8, 23))])  # 0.5, 0.5, 0.75 (already suspect)
+    adv = torch.stack([optic((8, 22)), optic((10, 20)), optic((8, 23))])  # 0.7, 0.5, 0.75
+    s = summarize_clinical(clinical_report("disc_cup", gt, clean, adv))
+    assert float(s["flip@0.6"]) == pytest.approx(1 / 3) and float(s["n2s_of_normal@0.6"]) == pytest.approx(1 / 2)
+    t = target_flip_shares("disc_cup", clean, adv)
+    assert float(t["target_n2s_of_normal@0.7"]) == pytest.approx(1 / 2)
