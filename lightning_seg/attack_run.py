@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightning_seg.attacks import ATTACKS, UniversalAttack, build_attack
 from lightning_seg.adversarial import bind_task
+from lightning_seg.attacks import ATTACKS, UniversalAttack, build_attack
 from lightning_seg.attacks.synthesis import synthesis_records, synthesis_summary
 from lightning_seg.attacks.universal import hide_class_target
 from lightning_seg.clinical import CLINICAL_TASK, clinical_report, summarize_clinical, target_flip_shares
