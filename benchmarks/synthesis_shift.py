@@ -19,7 +19,7 @@ from lightning_seg.config import compose
 from lightning_seg.io import write_json, write_text
 from lightning_seg.lit_module import load_module
 from lightning_seg.runs import resolve_checkpoint
-from lightning_seg.synthesis_eval import shift_dice, shift_table
+from lightning_seg.synthesis_eval import LEVELS, shift_dice, shift_table
 from lightning_seg.train import build_datamodule_from, load_checkpoint_config
 
 
@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--out", default=None, help="write <out>.md and <out>.json")
+    parser.add_argument("--seeds", default="1001,1002,1003", help="comma-separated held-out seeds")
+    parser.add_argument("--levels", default=None, help="comma-separated subset of LEVELS names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = {}
@@ -46,7 +48,9 @@ def main() -> None:
         items = [ds[(i, 0)] for i in range(min(args.num_images, len(ds)))]
         images = torch.stack([it["image"] for it in items])
         labels = torch.stack([it["mask"] for it in items])
-        results[label] = shift_dice(module.net, images, labels, module.task)
+        levels = LEVELS if not args.levels else {k: LEVELS[k] for k in args.levels.split(",")}
+        seeds = tuple(int(v) for v in args.seeds.split(","))
+        results[label] = shift_dice(module.net, images, labels, module.task, levels=levels, seeds=seeds)
         print(f"{label}: {ckpt}", flush=True)
     table = shift_table(results)
     print(table)
