@@ -1,6 +1,8 @@
 """Runs a registered attack on a bounded number of validation / test batches and logs ``val_adv/*``.
 
-Thin: the work is in :mod:`lightning_seg.adversarial`. Metrics are summed per rank and all-reduced in
+Thin: the work is in :mod:`lightning_seg.adversarial`. Besides attack metrics it logs the clinical read-outs
+``val_adv/clin_*`` (vCDR gt / clean / adv and screening flips at 0.6 / 0.7 for glaucoma disc_cup; relative area
+change, compactness and asymmetry clean / adv for lesions), also as columns of the W&B per-image table. Metrics are summed per rank and all-reduced in
 ``compute()``, which every rank calls (never behind a rank-zero check, REFERENCE 8.3); only the image
 panels and the per-image table are logged from rank 0. Needs ``Trainer(inference_mode=False)`` for
 ``validate``/``test`` (every Trainer of this project is built that way).
@@ -14,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_seg.adversarial import PerImageMeans, attack_batch, build_named_attack, metric_keys, sweep_batch
+from lightning_seg.adversarial import PerImageMeans, attack_batch, bind_task, build_named_attack, metric_keys, sweep_batch
 
 
 class AdversarialValidation(Callback):
@@ -31,6 +33,7 @@ class AdversarialValidation(Callback):
         self._media: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        bind_task(self.attack, pl_module.task)
         self.metric = PerImageMeans(metric_keys(pl_module.task, self.eps_sweep)).to(pl_module.device)  # not a submodule: move it
 
     def _active(self, trainer: pl.Trainer) -> bool:

@@ -5,6 +5,12 @@ with the network in eval mode (the attack guard; BatchNorm statistics stay clean
 ``torch.autograd.grad`` w.r.t. the input on the bare network (no DDP hooks fire, no parameter
 ``.grad``); the outer loss is then computed on the detached adversarial batch. ``attack=asma`` trains
 against targeted ASMA examples whose targets are random realistic masks (another image's mask by default).
+
+``attack=synthesis`` is adversarial data augmentation with the Chen-style synthesis transforms
+(REFERENCE 2.8, 4.1 AdvChain): a smooth deformation + bias field + noise optimised against the network
+(``steps`` gradient steps, then scaled to a Dice drop of ``params.dice_drop``), trained against the
+*equally deformed* labels. ``attack=random_synthesis`` draws the same transforms at random (alpha ~ U[0,1])
+without a forward pass: the non-adversarial baseline. ``params`` takes the keys of ``conf/attack/synthesis.yaml``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.adversarial import build_named_attack, is_targeted
+from lightning_seg.attacks.config import SynthesisConfig
+from lightning_seg.attacks.synthesis import random_synthesis, transform_config
 from lightning_seg.targets import make_target
 
 PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm")
+# Training defaults of the synthesis augmentation: cheaper than the evaluation attack (3 steps + 3 bisection steps),
+# a fresh random start per batch (seed None), and a larger drop than evaluation so that examples are hard.
+SYNTHESIS_TRAIN_DEFAULTS = {"bisect_steps": 3, "dice_drop": 0.3, "seed": None}
 
 
 class AdversarialTrainingHook:
@@ -34,18 +45,38 @@ class AdversarialTrainingHook:
                 params.setdefault("alpha", alpha if alpha is not None else 2.5 * eps / steps)
                 params.setdefault("random_start", True)
             params.setdefault("seed", None)  # a fixed seed would reuse one random start for every batch
-        self.attack = build_named_attack(attack, None, **params)
         self.name, self.ratio, self.target = attack, ratio, target
+        if attack == "random_synthesis":
+            self.attack = None
+            self.synthesis: SynthesisConfig = build_named_attack("synthesis", None, **params).config  # validates the keys
+            return
+        if attack == "synthesis":
+            params = {"steps": steps, **SYNTHESIS_TRAIN_DEFAULTS, **params}
+        self.attack = build_named_attack(attack, None, **params)
 
-    def __call__(self, net: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, net: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """(mixed images, their labels, cost): the first ``ratio`` share of the batch is replaced; labels change only
+        for transforms that deform the anatomy (synthesis), which are trained against the deformed labels."""
         n = max(1, round(self.ratio * images.shape[0]))
         start = time.perf_counter()
         x, y = images[:n], labels[:n]
-        if is_targeted(self.attack):
-            if self.target == "other_image" and n < 2:
-                return images, {"adv_seconds": 0.0, "adv_images": 0.0}
-            y = make_target(self.target, y)
-        result = self.attack(net, x, y)
-        mixed = torch.cat([result.adv.detach(), images[n:]]) if n < images.shape[0] else result.adv.detach()
-        return mixed, {"adv_seconds": time.perf_counter() - start, "adv_images": float(n),
-                       "adv_forwards_per_image": result.forwards / n}
+        if self.attack is None:  # random_synthesis: no forward pass
+            cfg = transform_config(tuple(x.shape[1:]), **{k: getattr(self.synthesis, k) for k in _TRANSFORM_KEYS})
+            adv, adv_labels, _ = random_synthesis(x, y, cfg)
+            forwards = 0.0
+        else:
+            if is_targeted(self.attack):
+                if self.target == "other_image" and n < 2:
+                    return images, labels, {"adv_seconds": 0.0, "adv_images": 0.0}
+                y = make_target(self.target, y)
+            result = self.attack(net, x, y)
+            adv, adv_labels = result.adv, result.extras.get("adv_labels", labels[:n])
+            forwards = result.forwards / n
+        mixed = torch.cat([adv.detach(), images[n:]]) if n < images.shape[0] else adv.detach()
+        mixed_labels = torch.cat([adv_labels, labels[n:]]) if n < labels.shape[0] else adv_labels
+        return mixed, mixed_labels, {"adv_seconds": time.perf_counter() - start, "adv_images": float(n),
+                                     "adv_forwards_per_image": forwards}
+
+
+_TRANSFORM_KEYS = ("morph_spacing", "eps_morph", "max_disp_px", "diffeomorphic", "ss_steps", "bias_cells", "eps_bias",
+                   "noise_std", "label_mode")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lightning_seg.attacks import AttackResult, build_attack
+from lightning_seg.clinical import CALLBACK_KEYS, CLINICAL_TASK, callback_values
 from lightning_seg.metrics import per_image_dice
 from lightning_seg.targets import make_target
 from lightning_seg.tasks import Task
@@ -28,14 +29,26 @@ def build_named_attack(name: str, sections: dict[str, Any] | None = None, **over
     return build_attack(registered, **params)
 
 
+def bind_task(attack: Any, task: Task) -> Any:
+    """Give an attack that scores Dice itself (synthesis: ``structures`` = None) the task's structures, so that its
+    Dice is the project's reporting Dice (glaucoma: disc = {rim, cup} and cup, REFERENCE 1.1)."""
+    config = getattr(attack, "config", None)
+    if config is not None and hasattr(config, "structures") and config.structures is None:
+        config.structures = [list(ids) for _, ids in task.structures]
+    return attack
+
+
 def is_targeted(attack: Any) -> bool:
     return bool(getattr(attack, "targeted", getattr(attack.config, "targeted", True)))
 
 
 def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, task: Task, target: str,
                  generator: torch.Generator | None = None) -> tuple[AttackResult, dict[str, Tensor]] | None:
-    """Attack one batch; per-image values: success, IoU / pixel accuracy vs the reference, L2, Linf and the
-    robust Dice of the adversarial prediction vs the ground truth per structure. ``None`` when a targeted
+    """Attack one batch; per-image values: success, IoU / pixel accuracy vs the reference, L2, Linf, the
+    robust Dice of the adversarial prediction vs the ground truth per structure, and the clinical read-outs
+    ``clin_*`` (:func:`lightning_seg.clinical.callback_values`: vCDR and screening flips for disc_cup, shape
+    changes for lesion / disc; may be NaN, which :class:`PerImageMeans` skips). For attacks that deform the
+    anatomy (synthesis) the ground truth is the equally deformed label. ``None`` when a targeted
     ``other_image`` attack gets a single image (no other image to take the target from)."""
     if is_targeted(attack):
         if target == "other_image" and images.shape[0] < 2:
@@ -45,15 +58,21 @@ def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, ta
         reference = labels
     result = attack(net, images, reference)
     values = {k: getattr(result, k).double() for k in BASE_KEYS}
-    dice = per_image_dice(result.pred, labels, task)
+    gt = result.extras.get("adv_labels", labels)
+    dice = per_image_dice(result.pred, gt, task)
     for j, name in enumerate(task.structure_names):
         values[f"robust_dice_{name}"] = dice[:, j].double()
+    with torch.no_grad():
+        clean_pred = net(images).argmax(1)  # net is in eval mode here (the callback runs in validation)
+    clinical = callback_values(CLINICAL_TASK[task.name], gt, clean_pred, result.pred)
+    values |= {f"clin_{k}": v.double() for k, v in clinical.items()}
     return result, values
 
 
 def metric_keys(task: Task, eps_sweep: tuple[float, ...] = ()) -> tuple[str, ...]:
     sweep = tuple(k for eps in eps_sweep for k in (f"{sweep_tag(eps)}/dice", f"{sweep_tag(eps)}/iou"))
-    return (*BASE_KEYS, *(f"robust_dice_{s}" for s in task.structure_names), *sweep)
+    clinical = tuple(f"clin_{k}" for k in CALLBACK_KEYS[CLINICAL_TASK[task.name]])
+    return (*BASE_KEYS, *(f"robust_dice_{s}" for s in task.structure_names), *clinical, *sweep)
 
 
 def sweep_tag(eps: float) -> str:
@@ -74,8 +93,10 @@ def sweep_batch(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_
 
 
 class PerImageMeans(Metric):
-    """Means over images of per-image values, as sums and a count: exact under DDP whatever the number of
-    batches per rank (``compute()`` all-reduces the sums; every rank must call it)."""
+    """Means over images of per-image values, as sums and counts: exact under DDP whatever the number of
+    batches per rank (``compute()`` all-reduces the sums; every rank must call it). NaN values (undefined
+    read-outs, e.g. the compactness of an empty prediction) are skipped: each key has its own count of
+    defined values; a key with none gives NaN. ``images`` counts all images."""
 
     full_state_update = False
 
@@ -84,13 +105,21 @@ class PerImageMeans(Metric):
         self.keys = keys
         for k in keys:
             self.add_state(f"sum_{k}", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"n_{k}", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, values: dict[str, Tensor]) -> None:  # type: ignore[override]
         for k in self.keys:
-            setattr(self, f"sum_{k}", getattr(self, f"sum_{k}") + values[k].sum())
+            v = values[k].double()
+            defined = ~torch.isnan(v)
+            setattr(self, f"sum_{k}", getattr(self, f"sum_{k}") + torch.where(defined, v, torch.zeros_like(v)).sum())
+            setattr(self, f"n_{k}", getattr(self, f"n_{k}") + defined.sum())
         self.count += values[self.keys[0]].numel()
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        n = self.count.clamp_min(1)
-        return {k: (getattr(self, f"sum_{k}") / n).float() for k in self.keys} | {"images": self.count.float()}
+        out = {}
+        for k in self.keys:
+            n = getattr(self, f"n_{k}")
+            mean = getattr(self, f"sum_{k}") / n.clamp_min(1)
+            out[k] = torch.where(n > 0, mean, torch.full_like(mean, float("nan"))).float()
+        return out | {"images": self.count.float()}

@@ -24,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lightning_seg.adversarial import bind_task
 from lightning_seg.attacks import ATTACKS, UniversalAttack, build_attack
+from lightning_seg.attacks.synthesis import synthesis_records, synthesis_summary
 from lightning_seg.attacks.universal import hide_class_target
-from lightning_seg.clinical import clinical_report, summarize_clinical
+from lightning_seg.clinical import CLINICAL_TASK, clinical_report, summarize_clinical, target_flip_shares
 from lightning_seg.config import defense_section, to_plain
 from lightning_seg.defense_eval import defense_report, report_markdown
 from lightning_seg.io import atomic_write, write_json, write_text
@@ -83,6 +85,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
     progress = tqdm(total=(len(attacks) + n_sweep) * n_batches, desc="attack", unit="batch", disable=None)
     for name, atk in attacks.items():
+        bind_task(atk, module.task)
         targeted = bool(getattr(atk, "targeted", getattr(atk.config, "targeted", True)))
         reference = targets if targeted else labels
         if isinstance(atk, UniversalAttack):
@@ -97,13 +100,17 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
         adv, adv_pred = torch.cat([r.adv for r in results]), torch.cat([r.pred for r in results])
         if not isinstance(atk, UniversalAttack):
             adversarial[name] = adv
-        method_rows = _rows(name, targeted, results, adv_pred, keys, target_keys if targeted else keys, labels, clean_dice, module)
-        clinical = clinical_report(CLINICAL_TASK[module.task.name], labels, clean_pred, adv_pred)
+        # synthesis deforms the anatomy: its ground truth is the equally deformed label
+        gt, synth = synthesis_records(results) if "adv_labels" in results[0].extras else (labels, None)
+        method_rows = _rows(name, targeted, results, adv_pred, keys, target_keys if targeted else keys, gt, clean_dice, module)
+        clinical = clinical_report(CLINICAL_TASK[module.task.name], gt, clean_pred, adv_pred)
         for i, row in enumerate(method_rows):
-            row.update({f"clin_{k}": float(v[i]) for k, v in clinical.items()})
+            row.update({f"clin_{k}": float(v[i]) for k, v in clinical.items()} | (synth[i] if synth else {}))
         rows += method_rows
+        extra = target_flip_shares(CLINICAL_TASK[module.task.name], clean_pred, reference) if targeted else {}
         summaries.append(_summarise(name, targeted, method_rows, results, seconds)
-                         | {f"clin_{k}": float(v) for k, v in summarize_clinical(clinical).items()})
+                         | {f"clin_{k}": float(v) for k, v in (summarize_clinical(clinical) | extra).items()}
+                         | (synthesis_summary(synth) if synth else {}))
         iou = torch.cat([r.iou for r in results])
         panels[name] = _panels(name, adv, adv_pred, iou, images, reference, ev.panels, run_dir, keys)
         logger.method(name, adv, adv_pred, reference, ev.panels)
@@ -131,6 +138,8 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
         table += "\n\nDefenses (threat model per row; efficiency = IoU of the defended prediction vs ground truth):\n\n" + report_markdown(defense)
     if summaries:
         table += "\n\nClinical read-outs (clean vs adversarial prediction):\n\n" + clinical_table(summaries)
+    if any("synth_within_tol_share" in s for s in summaries):
+        table += "\n\nSynthesis (Dice vs the equally deformed label):\n\n" + synthesis_table(summaries)
     write_text(run_dir / "summary.md", f"# Attack results\n\n{header}\n\n{table}\n")
     result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt), "table": table,
               "summary": summaries, "panels": {k: [str(p) for p in v] for k, v in panels.items()}, "robustness": robustness,
@@ -249,11 +258,12 @@ def table1(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# Our task names -> lightning_seg.clinical's: lesion shape read-outs for ISIC and disc-only, vCDR for disc_cup.
-CLINICAL_TASK = {"lesion": "isic", "disc": "disc", "disc_cup": "disc_cup"}
 CLINICAL_COLUMNS = {
     "vCDR gt / clean / adv": ("clin_vcdr_gt", "clin_vcdr_clean", "clin_vcdr_adv"),
     "screening flips at 0.6 / 0.7": ("clin_flip@0.6", "clin_flip@0.7"),
+    "target masks' flips at 0.6 / 0.7": ("clin_target_flip@0.6", "clin_target_flip@0.7"),
+    "normal->suspect of clean-normal at 0.6 / 0.7": ("clin_n2s_of_normal@0.6", "clin_n2s_of_normal@0.7"),
+    "same for the target masks": ("clin_target_n2s_of_normal@0.6", "clin_target_n2s_of_normal@0.7"),
     "mean abs dvCDR": ("clin_mean_abs_dvcdr",),
     "rel. area change": ("clin_rel_area_change",),
     "compactness clean / adv": ("clin_compactness_clean", "clin_compactness_adv"),
@@ -263,11 +273,24 @@ CLINICAL_COLUMNS = {
 
 def clinical_table(summaries: list[dict[str, Any]]) -> str:
     """Per attack: vCDR and screening-label flips (glaucoma disc_cup) or lesion shape changes (ISIC, disc)."""
-    columns = {name: keys for name, keys in CLINICAL_COLUMNS.items() if all(k in summaries[0] for k in keys)}
+    columns = {name: keys for name, keys in CLINICAL_COLUMNS.items() if any(all(k in s for k in keys) for s in summaries)}
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for s in summaries:
-        cells = [" / ".join(f"{s[k]:.3f}" for k in keys) for keys in columns.values()]
+        cells = [" / ".join(f"{s[k]:.3f}" if k in s else "-" for k in keys) for keys in columns.values()]
         lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def synthesis_table(summaries: list[dict[str, Any]]) -> str:
+    """Requested vs achieved Dice drop, share of images within the tolerance, and realism of the synthesis attack."""
+    lines = ["| method | requested drop | achieved drop | within tol | max disp (px) | max abs(b-1) | min det J | SSIM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        if "synth_within_tol_share" in s:
+            lines.append(f"| {s['method']} | {s['synth_drop_requested_mean']:.3f} | {s['synth_drop_achieved_mean']:.3f} +- "
+                         f"{s['synth_drop_achieved_std']:.3f} | {100 * s['synth_within_tol_share']:.0f} % | "
+                         f"{s['synth_max_disp_px_mean']:.2f} | {s['synth_max_bias_mean']:.3f} | {s['synth_min_jacobian_min']:.3f} | "
+                         f"{s['synth_ssim_mean']:.3f} |")
     return "\n".join(lines)
 
 

@@ -40,10 +40,16 @@ __all__ = [
     "clinical_report",
     "summarize_clinical",
     "concat_reports",
+    "target_flip_shares",
+    "CLINICAL_TASK",
+    "CALLBACK_KEYS",
+    "callback_values",
 ]
 
 GLAUCOMA_TASKS = ("disc_cup", "glaucoma")
 SHAPE_TASKS = ("isic", "disc")
+# lightning_seg task names -> read-out family: lesion shape for ISIC and disc-only, vCDR for disc_cup.
+CLINICAL_TASK = {"lesion": "isic", "disc": "disc", "disc_cup": "disc_cup"}
 
 
 def _check(masks: Tensor, name: str = "masks") -> None:
@@ -328,4 +334,52 @@ def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
             out[f"flip@{t}"] = out[k] + out[f"s2n@{t}"]
     if "dvcdr" in report:
         out["mean_abs_dvcdr"] = report["dvcdr"].abs().float().mean()
+    if "vcdr_clean" in report:  # normal -> suspect among the images that can flip that way (clean vCDR < t)
+        for k in list(out):
+            if k.startswith("n2s@"):
+                normal = report["vcdr_clean"] < float(k[4:])
+                n = normal.sum()
+                out[f"n2s_of_normal@{k[4:]}"] = torch.where(
+                    n > 0, (report[k].float() * normal).sum() / n.clamp_min(1), torch.tensor(float("nan")))
     return out
+
+
+def target_flip_shares(task: str, clean_pred: Tensor, targets: Tensor,
+                       thresholds: tuple[float, ...] = (0.6, 0.7)) -> dict[str, Tensor]:
+    """Glaucoma: share of images whose screening label flips from the clean prediction to the attack's *target*
+    mask (``target_flip@t``), the upper bound of what a targeted attack can flip, and the normal -> suspect share
+    among clean-normal images (``target_n2s_of_normal@t``); {} for shape tasks."""
+    if task.lower() not in GLAUCOMA_TASKS:
+        return {}
+    v_clean, v_target = vcdr(clean_pred), vcdr(targets)
+    flips = screening_flips(v_clean, v_target, thresholds)
+    out = {f"target_flip@{t:g}": flips[f"flip@{t:g}"] for t in thresholds}
+    for t in thresholds:
+        normal = v_clean < t
+        out[f"target_n2s_of_normal@{t:g}"] = (normal & (v_target >= t)).float().sum() / normal.sum().clamp_min(1)
+    return out
+
+
+# Per-image read-outs for the validation callback (fixed key set per task, so DDP ranks log the same keys).
+CALLBACK_KEYS = {
+    "disc_cup": ("vcdr_gt", "vcdr_clean", "vcdr_adv", "flip@0.6", "flip@0.7"),
+    "isic": ("rel_area_change", "compactness_clean", "compactness_adv", "asym_clean", "asym_adv"),
+}
+CALLBACK_KEYS["glaucoma"] = CALLBACK_KEYS["disc_cup"]
+CALLBACK_KEYS["disc"] = CALLBACK_KEYS["isic"]
+
+
+def callback_values(task: str, gt: Tensor, clean_pred: Tensor, adv_pred: Tensor) -> dict[str, Tensor]:
+    """Per-image values [B] for :data:`CALLBACK_KEYS`: vCDR of gt / clean / adv and 0/1 screening flips (clean vs
+    adv) at 0.6 and 0.7 (glaucoma); relative area change, compactness and the asymmetry index (mean of the two
+    principal-axis A_k) clean / adv (shape tasks). NaN where undefined (e.g. empty masks)."""
+    key = task.lower()
+    r = clinical_report(key, gt, clean_pred, adv_pred)
+    if key in GLAUCOMA_TASKS:
+        out = {k: r[k] for k in ("vcdr_gt", "vcdr_clean", "vcdr_adv")}
+        for t in ("0.6", "0.7"):
+            out[f"flip@{t}"] = r[f"n2s@{t}"] + r[f"s2n@{t}"]
+        return out
+    return {"rel_area_change": r["rel_area_change"], "compactness_clean": r["compactness_clean"],
+            "compactness_adv": r["compactness_adv"], "asym_clean": 0.5 * (r["asym1_clean"] + r["asym2_clean"]),
+            "asym_adv": 0.5 * (r["asym1_adv"] + r["asym2_adv"])}

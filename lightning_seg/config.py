@@ -149,7 +149,9 @@ class AdvTrainConfig:
     """The adversarial-training hook (lightning_seg/adv_training.py); `adv-train` switches it on."""
 
     enabled: bool = False
-    attack: str = "pgd"  # pgd | segpgd | fgsm | cospgd | asma (targeted, random realistic targets)
+    # pgd | segpgd | fgsm | cospgd | asma (targeted, random realistic targets) | synthesis (adversarial deformation +
+    # bias field, trained on the deformed labels; params = conf/attack/synthesis.yaml keys) | random_synthesis
+    attack: str = "pgd"
     eps: float = 4 / 255  # Linf budget in [0,1] units (PGD family); accepts 4/255 on the command line
     steps: int = 3
     alpha: Optional[float] = None  # step size; default 2.5 * eps / steps (REFERENCE 4.3)

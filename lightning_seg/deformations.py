@@ -75,6 +75,11 @@ class TransformConfig:
     velocity_sigma: Gaussian smoothing of the coarse velocity grid, in control-point units.
     eps_noise: per-sample L2 bound of the additive noise in [0,1] units (0 disables it).
     label_mode: "bilinear" (one-hot, bilinear, argmax) or "nearest".
+    max_disp_px: hard bound on the displacement in pixels (None: only the eps_morph bound). The
+        full-resolution velocity is rescaled per image so that max |v| <= max_disp_px; the flow
+        then moves no point further than max_disp_px (also after scaling and squaring).
+    diffeomorphic: integrate the velocity by scaling and squaring (True) or use it directly as
+        the displacement (False: smooth but may fold at large magnitudes).
     """
 
     eps_bias: float = 0.3
@@ -85,6 +90,8 @@ class TransformConfig:
     velocity_sigma: float = 1.0
     eps_noise: float = 1.0
     label_mode: str = "bilinear"
+    max_disp_px: float | None = None
+    diffeomorphic: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eps_bias < 1.0:
@@ -93,6 +100,8 @@ class TransformConfig:
             raise ValueError(f"eps_morph={self.eps_morph} and eps_noise={self.eps_noise} must be >= 0")
         if self.bias_cells < 1 or self.morph_spacing < 1 or self.ss_steps < 0:
             raise ValueError("bias_cells and morph_spacing must be >= 1 and ss_steps >= 0")
+        if self.max_disp_px is not None and self.max_disp_px <= 0:
+            raise ValueError(f"max_disp_px={self.max_disp_px} must be > 0 (or None for no pixel bound)")
         if self.label_mode not in ("bilinear", "nearest"):
             raise ValueError(f"label_mode={self.label_mode!r}; use 'bilinear' or 'nearest'")
 
@@ -175,7 +184,8 @@ def _gaussian_smooth(v: Tensor, sigma: float) -> Tensor:
 
 
 def integrate_velocity(
-    velocity: Tensor, image_size: tuple[int, int], ss_steps: int = 8, sigma: float = 1.0
+    velocity: Tensor, image_size: tuple[int, int], ss_steps: int = 8, sigma: float = 1.0,
+    max_disp_px: float | None = None, diffeomorphic: bool = True, alpha: Tensor | None = None,
 ) -> Tensor:
     """Displacement [B,2,H,W] in pixels (dy, dx) of ``phi = exp(v)`` by scaling and squaring.
 
@@ -184,11 +194,23 @@ def integrate_velocity(
     eps 1.5 folds numerically), upsampled bicubically (C1 smooth) to the image size, converted
     to pixels, divided by 2**ss_steps, then composed with itself ss_steps times:
     u <- u + u o (id + u). A zero velocity gives exactly zero.
+    ``max_disp_px``: the pixel velocity is rescaled per image to max |v| <= max_disp_px; each
+    squaring at most doubles max |u|, so the final displacement obeys the same bound.
+    ``diffeomorphic=False`` returns the (bounded) pixel velocity itself as the displacement.
+    ``alpha`` [B] scales the bounded velocity (after the bound, so the magnitude stays monotone in alpha).
     """
     h, w = image_size
     v = F.interpolate(_gaussian_smooth(velocity, sigma), size=(h, w), mode="bicubic", align_corners=True)
     to_px = torch.tensor([(h - 1) / 2.0, (w - 1) / 2.0], device=v.device, dtype=v.dtype).view(1, 2, 1, 1)
-    u = v * to_px / (2**ss_steps)
+    v = v * to_px
+    if max_disp_px is not None:
+        peak = v.norm(dim=1).flatten(1).amax(1).view(-1, 1, 1, 1)
+        v = v * torch.clamp(max_disp_px / peak.clamp_min(1e-12), max=1.0)
+    if alpha is not None:
+        v = v * alpha.view(-1, 1, 1, 1)
+    if not diffeomorphic:
+        return v
+    u = v / (2**ss_steps)
     for _ in range(ss_steps):
         u = u + _warp(u, u)
     return u
@@ -330,9 +352,9 @@ class SmoothTransform:
         """[B,2,H,W] pixel displacement (dy, dx) of the backward map, or None if morph is off."""
         if self.velocity is None:
             return None
-        return integrate_velocity(
-            self.velocity * self._a(4), self.image_size, self.config.ss_steps, self.config.velocity_sigma
-        )
+        cfg = self.config
+        return integrate_velocity(self.velocity, self.image_size, cfg.ss_steps, cfg.velocity_sigma,
+                                  cfg.max_disp_px, cfg.diffeomorphic, alpha=self.alpha)
 
     def bias_field(self) -> Tensor | None:
         """[B,1,H,W] multiplicative field b, or None if the bias is off."""

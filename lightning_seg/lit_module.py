@@ -82,8 +82,9 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.adv_hook is not None:
             labels = self.crop_labels(batch["image"], batch["mask"])
-            images, cost = self.adv_hook(self.net, batch["image"], labels)  # bare net: no DDP hooks in the attack
-            batch = {**batch, "image": images}
+            # bare net: no DDP hooks in the attack; labels change only for deforming attacks (synthesis)
+            images, labels, cost = self.adv_hook(self.net, batch["image"], labels)
+            batch = {**batch, "image": images, "mask": labels}
             n = batch["image"].shape[0]
             self.log("train/adv_seconds", cost["adv_seconds"], on_step=False, on_epoch=True, reduce_fx="sum", batch_size=n)
             self.log("train/adv_images", cost["adv_images"], on_step=False, on_epoch=True, reduce_fx="sum", batch_size=n)

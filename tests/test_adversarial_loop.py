@@ -53,7 +53,7 @@ def test_training_hook_attacks_in_eval_mode_within_budget():
     stats = net.down[0][1].running_mean.clone()
     hook = AdversarialTrainingHook("pgd", eps=4 / 255, steps=3, ratio=0.5)
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 2, (4, 16, 16))
-    mixed, cost = hook(net, x, y)
+    mixed, mixed_y, cost = hook(net, x, y)
     assert net.training and torch.equal(net.down[0][1].running_mean, stats)  # BN statistics untouched
     assert torch.equal(mixed[2:], x[2:]) and not torch.equal(mixed[:2], x[:2])  # ratio 0.5: half replaced
     assert (mixed - x).abs().max() <= 4 / 255 + 1e-6 and cost["adv_images"] == 2
@@ -96,5 +96,5 @@ def test_training_hook_with_asma_and_realistic_targets():
     x = torch.rand(3, 3, 16, 16)
     y = torch.zeros(3, 16, 16, dtype=torch.long)
     y[0, 2:8, 2:8] = 1  # the other images' masks are the targets
-    mixed, cost = hook(net, x, y)
+    mixed, mixed_y, cost = hook(net, x, y)
     assert mixed.shape == x.shape and not torch.equal(mixed, x) and cost["adv_images"] == 3 and net.training

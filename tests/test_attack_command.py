@@ -134,8 +134,10 @@ def test_glaucoma_attack_reports_vcdr_and_screening_flips(tmp_path: Path):
                  "attack_eval.num_images=4", f"run.ckpt={fitted['last_checkpoint']}"]
     result = attack(compose_for("attack", overrides))
     table = (Path(result["run_dir"]) / "summary.md").read_text()
-    assert "| method | vCDR gt / clean / adv | screening flips at 0.6 / 0.7 | mean abs dvCDR |" in table
+    assert ("| method | vCDR gt / clean / adv | screening flips at 0.6 / 0.7 | target masks' flips at 0.6 / 0.7 | "
+            "normal->suspect of clean-normal at 0.6 / 0.7 | same for the target masks | mean abs dvCDR |") in table
     rows = list(csv.DictReader((Path(result["run_dir"]) / "per_image.csv").open()))
     assert all(0.0 <= float(r["clin_vcdr_gt"]) <= 1.0 for r in rows) and "clin_n2s@0.6" in rows[0]
     summary = result["summary"][0]
     assert summary["clin_flip@0.6"] == pytest.approx(summary["clin_n2s@0.6"] + summary["clin_s2n@0.6"])
+    assert 0.0 <= summary["clin_target_flip@0.6"] <= 1.0 and "clin_target_n2s_of_normal@0.7" in summary

@@ -312,7 +312,7 @@ def test_result_helpers():
 
 
 def test_registry_and_yaml_defaults():
-    assert ATTACKS.names() == sorted(["ssm", "asm", "asma", "dag", "fgsm", "pgd", "segpgd", "cospgd", "up"])
+    assert ATTACKS.names() == sorted(["ssm", "asm", "asma", "dag", "fgsm", "pgd", "segpgd", "cospgd", "up", "synthesis"])
     with pytest.raises(UnknownNameError, match="asma"):
         ATTACKS.get("asmma")
     with pytest.raises(TypeError, match="Did you mean: 'eps'"):

@@ -30,6 +30,7 @@ from lightning_seg.attacks.dag import dag
 from lightning_seg.attacks.pgd import fgsm, pgd
 from lightning_seg.attacks.result import AttackResult
 from lightning_seg.attacks.segpgd import segpgd
+from lightning_seg.attacks.synthesis import synthesis
 from lightning_seg.attacks.universal import UniversalPerturbation, universal_attack, universal_perturbation
 from lightning_seg.registry import Registry
 
@@ -170,6 +171,43 @@ class UpConfig(_Parse):
     _fraction_fields = ("eps", "alpha")
 
 
+@dataclass
+class SynthesisConfig(_Parse):
+    """Chen-style synthesis (SASHIMI 2019; REFERENCE 2.8): smooth deformation + bias field + noise, optimised to
+    lower Dice, then scaled by bisection to a Dice drop of ``dice_drop`` +- ``tol`` against the equally deformed
+    label; see :func:`lightning_seg.attacks.synthesis.synthesis`. Untargeted. Budgets: velocity grid of one control
+    point per ``morph_spacing`` px, ||v||_2 <= ``eps_morph`` (normalised coords, AdvChain scale) and max displacement
+    <= ``max_disp_px`` px; |bias - 1| <= ``eps_bias`` on ``bias_cells`` B-spline cells per axis; noise per-value RMS
+    <= ``noise_std``. ``structures``: Dice per union of classes (None: per foreground class; the attack command
+    sets the task's structures, e.g. glaucoma disc and cup)."""
+
+    name: str = "synthesis"
+    dice_drop: float = 0.2
+    tol: float = 0.02
+    steps: int = 10
+    step_size: float = 0.5
+    bisect_steps: int = 10
+    init: str = "random"
+    morph_spacing: int = 16
+    eps_morph: float = 1.5
+    max_disp_px: float | None = 6.0
+    diffeomorphic: bool = True
+    ss_steps: int = 8
+    bias_cells: int = 2
+    eps_bias: float = 0.3
+    noise_std: float = 0.01
+    label_mode: str = "bilinear"
+    structures: list[list[int]] | None = None
+    seed: int | None = 0
+    targeted = False  # class attribute, not a field: untargeted, the reference is the (deformed) ground truth
+    _fraction_fields = ("noise_std", "eps_bias", "tol", "dice_drop")
+
+    def kwargs(self) -> dict[str, Any]:
+        kw = super().kwargs()
+        kw["structures"] = None if self.structures is None else tuple(tuple(int(i) for i in s) for s in self.structures)
+        return kw
+
+
 CONFIGS: dict[str, type[_Parse]] = {
     "asma": AsmaConfig,
     "asm": AsmConfig,
@@ -180,10 +218,12 @@ CONFIGS: dict[str, type[_Parse]] = {
     "segpgd": SegPgdConfig,
     "cospgd": CosPgdConfig,
     "up": UpConfig,
+    "synthesis": SynthesisConfig,
 }
 
 _FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
     "asma": asma, "asm": asma, "ssm": asma, "dag": dag, "fgsm": fgsm, "pgd": pgd, "segpgd": segpgd, "cospgd": cospgd,
+    "synthesis": synthesis,
 }
 
 
@@ -289,6 +329,6 @@ def build_attack(name: str, **overrides: Any) -> Attack | UniversalAttack:
 
 __all__ = [
     "ATTACKS", "CONFIGS", "Attack", "AsmConfig", "AsmaConfig", "CosPgdConfig", "DagConfig", "FgsmConfig",
-    "PgdConfig", "SegPgdConfig", "SsmConfig", "UniversalAttack", "UpConfig", "build_attack",
+    "PgdConfig", "SegPgdConfig", "SsmConfig", "SynthesisConfig", "UniversalAttack", "UpConfig", "build_attack",
     "normalize_fraction_overrides",
 ]

@@ -34,12 +34,15 @@ host sync inside the loops (fixed numbers of steps); images clamped to [0,1].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_seg.attacks.measure import per_image_iou, pixel_accuracy
+from lightning_seg.attacks.result import AttackResult
 from lightning_seg.deformations import (
     SmoothTransform,
     TransformConfig,
@@ -47,7 +50,9 @@ from lightning_seg.deformations import (
     sample_random_transform,
 )
 
-__all__ = ["SynthesisResult", "SynthesisAttack", "synthesis_attack", "hard_dice", "soft_dice"]
+__all__ = ["SynthesisResult", "SynthesisAttack", "synthesis", "synthesis_attack", "synthesis_records", "synthesis_summary",
+           "transform_config", "random_synthesis", "hard_dice",
+           "soft_dice"]
 
 
 @dataclass
@@ -81,10 +86,16 @@ class SynthesisResult:
     backwards: int
     iterations: tuple[int, int]
     transform: SmoothTransform
+    num_classes: int = 2  # K of the model's logits (2 for a 1-channel sigmoid head)
 
 
-def _fg_probs_and_onehot(logits: Tensor, labels: Tensor, hard: bool) -> tuple[Tensor, Tensor]:
-    """Foreground-class prediction maps [B,F,H,W] (hard or soft) and label one-hots [B,F,H,W]."""
+Structures = "tuple[tuple[int, ...], ...] | None"
+
+
+def _fg_probs_and_onehot(logits: Tensor, labels: Tensor, hard: bool,
+                         structures: Structures = None) -> tuple[Tensor, Tensor]:
+    """Foreground prediction maps [B,F,H,W] (hard or soft) and label maps [B,F,H,W]: one per foreground class,
+    or one per structure (a union of classes, e.g. glaucoma disc = {rim, cup}) when ``structures`` is given."""
     k = logits.shape[1]
     if k == 1:  # binary sigmoid head: class 1 iff z > 0
         p = (logits > 0).to(logits.dtype) if hard else torch.sigmoid(logits)
@@ -94,12 +105,15 @@ def _fg_probs_and_onehot(logits: Tensor, labels: Tensor, hard: bool) -> tuple[Te
     else:
         p = torch.softmax(logits, dim=1)
     y = F.one_hot(labels.clamp(0, k - 1), k).permute(0, 3, 1, 2).to(logits.dtype)
+    if structures:
+        return (torch.stack([p[:, list(ids)].sum(1) for ids in structures], 1),
+                torch.stack([y[:, list(ids)].sum(1) for ids in structures], 1))
     return p[:, 1:], y[:, 1:]
 
 
-def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, structures: Structures = None) -> Tensor:
     """Per-image foreground Dice [B] of argmax (or z > 0) predictions; 1 for a class absent from both."""
-    p, y = _fg_probs_and_onehot(logits, labels, hard=True)
+    p, y = _fg_probs_and_onehot(logits, labels, hard=True, structures=structures)
     if mask is not None:
         m = mask.unsqueeze(1).to(p.dtype)
         p, y = p * m, y * m
@@ -109,9 +123,10 @@ def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Ten
     return d.mean(1)
 
 
-def soft_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, smooth: float = 1.0) -> Tensor:
+def soft_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, smooth: float = 1.0,
+              structures: Structures = None) -> Tensor:
     """Per-image soft foreground Dice [B] (softmax / sigmoid probabilities, smoothing ``smooth``)."""
-    p, y = _fg_probs_and_onehot(logits, labels, hard=False)
+    p, y = _fg_probs_and_onehot(logits, labels, hard=False, structures=structures)
     if mask is not None:
         m = mask.unsqueeze(1).to(p.dtype)
         p, y = p * m, y * m
@@ -142,6 +157,7 @@ def synthesis_attack(
     init: str = "random",
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    structures: Structures = None,
 ) -> SynthesisResult:
     """Find a smooth deformation + bias field + noise lowering each image's Dice by ``dice_drop``.
 
@@ -154,6 +170,8 @@ def synthesis_attack(
     bisect_steps: bisection steps on alpha (after one evaluation at alpha = 1).
     config: transform budgets (default: eps_bias 0.3, eps_morph 1.5, eps_noise 1.0).
     init: "random" (AdvChain-style full-budget draw from ``generator``) or "zero".
+    structures: Dice per union of classes (e.g. ((1, 2), (2,)) for glaucoma disc and cup, the
+        project's reporting convention) instead of per foreground class; mean over them.
     Returns a :class:`SynthesisResult`; see the module docstring for the algorithm.
     """
     if images.dim() != 4 or labels.dim() != 3 or labels.shape != (images.shape[0], *images.shape[-2:]):
@@ -185,12 +203,15 @@ def synthesis_attack(
         with torch.no_grad():
             clean_logits = model(x)
         forwards += 1
+        if tuple(clean_logits.shape[-2:]) != (h, w):
+            raise ValueError(f"synthesis needs logits at the image size {(h, w)} (a same-padding model); "
+                             f"got {tuple(clean_logits.shape[-2:])}: use model.padding=same")
         k = max(clean_logits.shape[1], 2)
         if mask is None:
             valid = y < k
             m = None if bool(valid.all()) else valid  # ignore labels (e.g. 255) do not count
         y = torch.where(y < k, y, torch.zeros_like(y))
-        dice_clean = hard_dice(clean_logits, y, m)
+        dice_clean = hard_dice(clean_logits, y, m, structures)
         target = dice_clean - dice_drop
 
         kw = dict(channels=c, config=cfg, device=x.device, dtype=x.dtype)
@@ -217,7 +238,7 @@ def synthesis_attack(
             t = build(ps)
             with torch.enable_grad():
                 adv, yw, mw = t.apply(x, y, m, num_classes=k)
-                loss = 1 - soft_dice(model(adv), yw, mw)
+                loss = 1 - soft_dice(model(adv), yw, mw, structures=structures)
                 grads = torch.autograd.grad(loss.sum(), ps)
             forwards += 1
             backwards += 1
@@ -231,7 +252,7 @@ def synthesis_attack(
         if steps > 0:  # the last update has not been scored yet
             with torch.no_grad():
                 adv, yw, mw = build(params).apply(x, y, m, num_classes=k)
-                loss = 1 - soft_dice(model(adv), yw, mw)
+                loss = 1 - soft_dice(model(adv), yw, mw, structures=structures)
             forwards += 1
             better = loss > best_loss
             best = [torch.where(_bcast(better, bp), p, bp) for bp, p in zip(best, params)]
@@ -251,7 +272,7 @@ def synthesis_attack(
                 adv, yw, mw = direction.scale(alpha).apply(x, y, m, num_classes=k)
                 logits = model(adv)
                 forwards += 1
-                d = hard_dice(logits, yw, mw)
+                d = hard_dice(logits, yw, mw, structures)
                 err = (d - target).abs()
                 upd = err < best_err
                 best_alpha = torch.where(upd, alpha, best_alpha)
@@ -305,6 +326,7 @@ def synthesis_attack(
         backwards=backwards,
         iterations=(steps, bisect_steps),
         transform=final,
+        num_classes=k,
     )
 
 
@@ -316,3 +338,122 @@ class SynthesisAttack:
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, **overrides: object) -> SynthesisResult:
         return synthesis_attack(model, images, labels, **{**self.kwargs, **overrides})  # type: ignore[arg-type]
+
+
+def transform_config(image_shape: tuple[int, int, int], *, morph_spacing: int = 16, eps_morph: float = 1.5,
+                     max_disp_px: float | None = 6.0, diffeomorphic: bool = True, ss_steps: int = 8, bias_cells: int = 2,
+                     eps_bias: float = 0.3, noise_std: float = 0.01, label_mode: str = "bilinear") -> TransformConfig:
+    """The :class:`TransformConfig` of the registry budgets for images of shape (C,H,W): the per-value noise RMS
+    ``noise_std`` becomes the L2 radius noise_std * sqrt(C*H*W)."""
+    c, h, w = image_shape
+    return TransformConfig(eps_bias=eps_bias, bias_cells=bias_cells, eps_morph=eps_morph, morph_spacing=morph_spacing,
+                           ss_steps=ss_steps, eps_noise=noise_std * math.sqrt(c * h * w), label_mode=label_mode,
+                           max_disp_px=max_disp_px, diffeomorphic=diffeomorphic)
+
+
+def random_synthesis(images: Tensor, labels: Tensor, config: TransformConfig, *, max_alpha: float = 1.0,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, SmoothTransform]:
+    """Non-adversarial counterpart: a random transform at full budget (AdvChain's initialisation) scaled per image by
+    alpha ~ U[0, max_alpha]; returns the transformed images, the equally warped labels and the transform."""
+    b, c, h, w = images.shape
+    t = sample_random_transform(b, (h, w), channels=c, config=config, generator=generator, device=images.device,
+                                dtype=images.dtype)
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    alpha = max_alpha * torch.rand(b, generator=generator, device=gdev, dtype=images.dtype).to(images.device)
+    t = t.scale(alpha)
+    k = max(int(labels.max()) + 1, 2)
+    out, warped, _ = t.apply(images, labels, num_classes=k)
+    return out, warped, t
+
+
+def synthesis(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    mask: Tensor | None = None,
+    perturbation_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    structures: Structures = None,
+    dice_drop: float = 0.2,
+    tol: float = 0.02,
+    steps: int = 10,
+    step_size: float = 0.5,
+    bisect_steps: int = 10,
+    init: str = "random",
+    morph_spacing: int = 16,
+    eps_morph: float = 1.5,
+    max_disp_px: float | None = 6.0,
+    diffeomorphic: bool = True,
+    ss_steps: int = 8,
+    bias_cells: int = 2,
+    eps_bias: float = 0.3,
+    noise_std: float = 0.01,
+    label_mode: str = "bilinear",
+) -> AttackResult:
+    """Registry entry point (``attack=synthesis``): :func:`synthesis_attack` returning an :class:`AttackResult`.
+
+    Budgets: deformation from a velocity grid of one control point per ``morph_spacing`` pixels,
+    ||v||_2 <= ``eps_morph`` (normalised coordinates) and max displacement <= ``max_disp_px``
+    pixels, integrated by scaling and squaring when ``diffeomorphic``; bias field |b - 1| <=
+    ``eps_bias`` (log-amplitude within [log(1-eps_bias), log(1+eps_bias)]) on ``bias_cells``
+    cubic B-spline cells per axis; noise of per-value RMS <= ``noise_std`` ([0,1] units).
+
+    Untargeted: ``labels`` is the ground truth; the reference of ``iou`` / ``pixel_acc`` is the
+    *equally deformed* label (``extras["adv_labels"]``), and ``success`` means the hard Dice reached
+    Dice_clean - dice_drop within ``tol``. ``l2`` / ``linf`` measure x_adv - x, deformation included.
+    ``forwards`` / ``backwards`` count images (batched passes x B).
+    """
+    if perturbation_mask is not None:
+        raise ValueError("synthesis deforms the whole image: perturbation_mask is not supported (pass None)")
+    b, c, h, w = images.shape
+    cfg = transform_config((c, h, w), morph_spacing=morph_spacing, eps_morph=eps_morph, max_disp_px=max_disp_px,
+                           diffeomorphic=diffeomorphic, ss_steps=ss_steps, bias_cells=bias_cells, eps_bias=eps_bias,
+                           noise_std=noise_std, label_mode=label_mode)
+    r = synthesis_attack(model, images, labels, dice_drop=dice_drop, tol=tol, steps=steps, step_size=step_size,
+                         bisect_steps=bisect_steps, config=cfg, init=init, mask=mask, generator=generator,
+                         structures=structures)
+    delta = (r.adv_images - images.detach()).flatten(1)
+    extras = {
+        "adv_labels": r.adv_labels, "adv_mask": r.adv_mask, "dice_clean": r.dice_clean, "dice_adv": r.dice_adv,
+        "target_dice": r.target_dice, "dice_drop": dice_drop, "tol": tol, "alpha": r.alpha,
+        "max_bias": r.max_bias, "max_disp_px": r.max_disp_px, "min_jacobian": r.min_jacobian,
+        "noise_l2": r.noise_l2, "ssim": r.ssim, "transform": r.transform,
+    }
+    return AttackResult(
+        adv=r.adv_images.detach(), pred=r.pred, success=r.reached,
+        iou=per_image_iou(r.pred, r.adv_labels, r.adv_mask, num_classes=r.num_classes),
+        pixel_acc=pixel_accuracy(r.pred, r.adv_labels, r.adv_mask),
+        l2=delta.norm(dim=1).float(), linf=delta.abs().amax(dim=1).float(),
+        iterations=torch.full((b,), sum(r.iterations), dtype=torch.long, device=images.device),
+        forwards=r.forwards * b, backwards=r.backwards * b, targeted=False, extras=extras,
+    )
+
+
+def synthesis_records(results: list[AttackResult]) -> tuple[Tensor, list[dict[str, float]]]:
+    """For the ``attack`` report: the deformed labels of all batches (the ground truth for this method's rows)
+    and per image the requested / achieved Dice drop, whether it is within ``tol``, alpha and realism."""
+    cat = lambda k: torch.cat([r.extras[k] for r in results]).double().cpu()  # noqa: E731
+    labels = torch.cat([r.extras["adv_labels"] for r in results])
+    clean, adv, alpha = cat("dice_clean"), cat("dice_adv"), cat("alpha")
+    real = {k: cat(k) for k in ("max_disp_px", "max_bias", "min_jacobian", "noise_l2", "ssim")}
+    drops = [float(r.extras["dice_drop"]) for r in results for _ in range(len(r))]
+    tols = [float(r.extras["tol"]) for r in results for _ in range(len(r))]
+    rows = []
+    for i, (req, tol) in enumerate(zip(drops, tols)):
+        achieved = float(clean[i] - adv[i])
+        rows.append({"synth_dice_clean": float(clean[i]), "synth_dice_adv": float(adv[i]), "synth_drop_requested": req,
+                     "synth_drop_achieved": achieved, "synth_within_tol": abs(achieved - req) <= tol + 1e-9,
+                     "synth_alpha": float(alpha[i]), **{f"synth_{k}": float(v[i]) for k, v in real.items()}})
+    return labels, rows
+
+
+def synthesis_summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Aggregate :func:`synthesis_records` rows: means (and std of the achieved drop), the share of images whose
+    achieved drop is within the tolerance, and the smallest Jacobian determinant (> 0: no folding anywhere)."""
+    t = {k: torch.tensor([float(r[k]) for r in rows], dtype=torch.float64) for k in rows[0]}
+    out = {f"{k}_mean": float(v.mean()) for k, v in t.items() if k != "synth_within_tol"}
+    out["synth_drop_achieved_std"] = float(t["synth_drop_achieved"].std(unbiased=False))
+    out["synth_within_tol_share"] = float(t["synth_within_tol"].mean())
+    out["synth_min_jacobian_min"] = float(t["synth_min_jacobian"].min())
+    return out

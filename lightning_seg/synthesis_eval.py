@@ -1,0 +1,83 @@
+"""Dice under random (non-adversarial) deformations and bias fields: the held-out test of synthesis augmentation.
+
+For each magnitude level (a :class:`~lightning_seg.deformations.TransformConfig`) and each seed, every image gets a
+random transform drawn at the level's full budget (AdvChain's initialisation, REFERENCE 2.8) and the Dice of the
+prediction is measured against the *equally deformed* label, per structure, averaged over images and seeds.
+Held-out means: seeds (and some magnitudes) that training never used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_seg.deformations import TransformConfig, sample_random_transform
+from lightning_seg.metrics import per_image_dice
+from lightning_seg.tasks import Task
+
+# name -> budgets; morph: max displacement in px (velocity ||v||_2 <= 1.5 as AdvChain, then the pixel bound); bias:
+# |b - 1| <= eps_bias. Training with attack=synthesis uses 6 px / 0.3 (conf/attack/synthesis.yaml): 9 px / 0.45 is beyond.
+LEVELS: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "morph 3px": {"max_disp_px": 3.0, "eps_bias": 0.0},
+    "morph 6px": {"max_disp_px": 6.0, "eps_bias": 0.0},
+    "morph 9px": {"max_disp_px": 9.0, "eps_bias": 0.0},
+    "bias 0.3": {"eps_morph": 0.0, "eps_bias": 0.3},
+    "bias 0.45": {"eps_morph": 0.0, "eps_bias": 0.45},
+    "morph 6px + bias 0.3": {"max_disp_px": 6.0, "eps_bias": 0.3},
+    "morph 9px + bias 0.45": {"max_disp_px": 9.0, "eps_bias": 0.45},
+}
+
+
+@torch.no_grad()
+def shift_dice(net: nn.Module, images: Tensor, labels: Tensor, task: Task, *, levels: dict[str, dict[str, Any]] | None = None,
+               seeds: tuple[int, ...] = (1001, 1002, 1003), batch_size: int = 32) -> list[dict[str, Any]]:
+    """One row per level: mean Dice per structure (and their mean) over images and seeds, vs the deformed label.
+
+    net maps [B,C,H,W] in [0,1] to logits at the image size; labels long [B,H,W]; noise is off (eps_noise 0) so
+    the levels isolate anatomy and appearance. The net is put in eval mode and restored.
+    """
+    was_training = net.training
+    net.eval()
+    rows = []
+    try:
+        for name, budget in (levels or LEVELS).items():
+            dice = []
+            for seed in seeds:
+                g = torch.Generator().manual_seed(seed)
+                for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+                    if budget:
+                        cfg = TransformConfig(**{"eps_noise": 0.0, **budget})
+                        t = sample_random_transform(x.shape[0], tuple(x.shape[-2:]), channels=x.shape[1], config=cfg,
+                                                    generator=g, device=x.device, dtype=x.dtype)
+                        x, y, _ = t.apply(x, y, num_classes=task.num_classes)
+                    dice.append(per_image_dice(net(x).argmax(1), y, task))
+                if not budget:
+                    break  # the clean level does not depend on the seed
+            d = torch.cat(dice).double().mean(0)
+            row = {"level": name, **{f"dice_{s}": float(d[j]) for j, s in enumerate(task.structure_names)}}
+            row["dice"] = float(d.mean())
+            rows.append(row)
+    finally:
+        net.train(was_training)
+    return rows
+
+
+def shift_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: one row per level, one column per model (mean Dice over structures; per structure in brackets)."""
+    models = list(results)
+    levels = [r["level"] for r in results[models[0]]]
+    lines = ["| level | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for i, level in enumerate(levels):
+        cells = []
+        for m in models:
+            r = results[m][i]
+            parts = [f"{r[k]:.3f}" for k in r if k.startswith("dice_")]
+            cells.append(f"{r['dice']:.3f}" + (f" ({' / '.join(parts)})" if len(parts) > 1 else ""))
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["LEVELS", "shift_dice", "shift_table"]

@@ -1,0 +1,71 @@
+"""`attack "attack=[synthesis]"` end to end: rows scored against the deformed labels, drop report, tolerance share."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_seg.attack_run import attack
+from lightning_seg.cli import compose_for
+from lightning_seg.config import compose
+from lightning_seg.synthesis_eval import shift_dice, shift_table
+from lightning_seg.train import fit
+
+pytestmark = pytest.mark.slow  # a tiny fit + the attack command: about a minute on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    from tests.conftest import tiny_overrides
+
+    root = tmp_path_factory.mktemp("synth_cmd") / "runs"
+    return root, fit(compose(tiny_overrides(root, **{"trainer.max_epochs": 2})))
+
+
+def test_attack_command_reports_synthesis_against_deformed_labels(trained):
+    root, _ = trained
+    overrides = [f"run.output_dir={root}", "attack=[synthesis]", "logger=none", "attack_eval.num_images=4",
+                 "attack_eval.batch_size=4", "attack_eval.panels=1", "attack.synthesis.steps=2",
+                 "attack.synthesis.bisect_steps=6", "attack.synthesis.dice_drop=0.1"]
+    result = attack(compose_for("attack", overrides))
+    run = Path(result["run_dir"])
+    rows = list(csv.DictReader((run / "per_image.csv").open()))
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"synthesis"}
+    for r in rows:
+        achieved = float(r["synth_dice_clean"]) - float(r["synth_dice_adv"])
+        assert float(r["synth_drop_achieved"]) == pytest.approx(achieved)
+        assert float(r["synth_drop_requested"]) == pytest.approx(0.1)
+        assert (r["synth_within_tol"] == "True") == (abs(achieved - 0.1) <= 0.02 + 1e-9)
+        # the row's adversarial Dice is the one against the deformed label (the attack's own Dice; lesion = 1 structure)
+        assert float(r["adv_dice_lesion"]) == pytest.approx(float(r["synth_dice_adv"]), abs=1e-5)
+        assert r["success"] == r["synth_within_tol"]
+    summary = json.loads((run / "results.json").read_text())["summary"][0]
+    share = sum(r["synth_within_tol"] == "True" for r in rows) / 4
+    assert summary["synth_within_tol_share"] == pytest.approx(share)
+    md = (run / "summary.md").read_text()
+    assert "Synthesis (Dice vs the equally deformed label)" in md and "requested drop" in md
+
+
+def test_shift_dice_clean_level_matches_plain_dice_and_degrades(trained):
+    from lightning_seg.lit_module import load_module
+    from lightning_seg.metrics import per_image_dice
+    from lightning_seg.train import build_datamodule_from
+
+    root, fitted = trained
+    module = load_module(fitted["last_checkpoint"])
+    dm = build_datamodule_from(compose_for("attack", [f"run.output_dir={root}", "logger=none"]))
+    dm.setup()
+    ds = dm.dataset("val")
+    x = torch.stack([ds[(i, 0)]["image"] for i in range(6)])
+    y = torch.stack([ds[(i, 0)]["mask"] for i in range(6)])
+    levels = {"clean": {}, "morph 6px": {"max_disp_px": 6.0, "eps_bias": 0.0}}
+    rows = shift_dice(module.net, x, y, module.task, levels=levels, seeds=(1, 2))
+    with torch.no_grad():
+        plain = per_image_dice(module.net(x).argmax(1), y, module.task).double().mean()
+    assert rows[0]["dice"] == pytest.approx(float(plain), abs=1e-6) and rows[1]["dice"] != rows[0]["dice"]
+    assert shift_dice(module.net, x, y, module.task, levels=levels, seeds=(1, 2)) == rows  # seeded: reproducible
+    assert "| morph 6px |" in shift_table({"a": rows, "b": rows})
