@@ -313,7 +313,7 @@ def compose(
         cfg = _merge(cfg, _load_yaml(Path(extra)), str(extra))
     for item in dotlist:
         key = item.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _free_form_parent(cfg, key):
             raise ConfigError(f"Unknown config key '{key}'.{_suggest(key, cfg)} Run `python -m lightning_seg --help` for the groups.")
         cfg = _merge(cfg, OmegaConf.from_dotlist([_fraction(item)]), f"override {item}")
     OmegaConf.set_readonly(cfg, False)
@@ -343,6 +343,14 @@ def defense_section(name: str) -> dict[str, Any]:
     root = conf_dir()
     node = _merge(OmegaConf.structured(DefenseConfig), _load_yaml(_group_file(root, "defense", name)), f"conf/defense/{name}.yaml")
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def _free_form_parent(cfg: DictConfig, key: str) -> bool:
+    """True when ``key`` would be a new entry of a free-form mapping (``data.options.contrast``,
+    ``attack_eval.target_params.delta``): those take any key and are validated by their consumer."""
+    parent_key, _, _ = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
+    return isinstance(parent, DictConfig) and parent._metadata.object_type in (None, dict)
 
 
 def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> DictConfig:

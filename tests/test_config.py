@@ -66,3 +66,12 @@ def test_attack_list_choice_and_fraction_values():
     assert cfg.attack.asma.step_size == pytest.approx(1 / 255)
     with pytest.raises(ConfigError, match="only one choice"):
         compose(["data=[isic,glaucoma]"])
+
+
+def test_dotted_keys_enter_free_form_mappings_but_typos_still_fail():
+    cfg = compose(["data.options.contrast=[0.3,1.0]", "attack_eval.target_params.delta=0.3"])
+    assert cfg.data.options == {"contrast": [0.3, 1.0]} and cfg.attack_eval.target_params == {"delta": 0.3}
+    with pytest.raises(ConfigError, match="data.optionz.x.*Did you mean 'data.options'"):
+        compose(["data.optionz.x=1"])
+    with pytest.raises(ConfigError, match="data.image_sise"):
+        compose(["data.image_sise=64"])
