@@ -444,3 +444,12 @@ def test_paper_ordering_ssm_asm_asma():
     assert aa.l2.mean() <= a.l2.mean()
     assert s.l2.mean() > 5 * a.l2.mean()
     assert aa.iou.mean() > 0.95
+
+
+def test_class_map_equals_argmax_including_ties():
+    from lightning_seg.attacks.measure import class_map
+
+    z = torch.randn(3, 4, 7, 5, generator=torch.Generator().manual_seed(0))
+    z[:, 2] = z[:, 1]  # ties: the first maximum wins, as with argmax
+    z[0, :, 0, 0] = 0.0
+    assert torch.equal(class_map(z), z.argmax(1))

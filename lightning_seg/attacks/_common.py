@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_seg.attacks.guard import AttackContext
-from lightning_seg.attacks.measure import apsr, l2_norm, linf_norm, per_image_iou, pixel_accuracy
+from lightning_seg.attacks.measure import apsr, class_map, l2_norm, linf_norm, per_image_iou, pixel_accuracy
 from lightning_seg.attacks.result import AttackResult
 
 
@@ -105,7 +105,7 @@ def finish(
     with torch.no_grad():
         z = ctx.forward(adv)
     check_output(z, ref)
-    pred = z.argmax(1)
+    pred = class_map(z)
     k = int(z.shape[1])
     iou = per_image_iou(pred, ref, mask, k)
     acc = pixel_accuracy(pred, ref, mask)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from lightning_seg.attacks._common import check_inputs, check_output, finish, per_image, project_box
 from lightning_seg.attacks.guard import AttackContext, attack_guard
-from lightning_seg.attacks.measure import l2_norm, linf_norm, per_image_iou, pixel_accuracy
+from lightning_seg.attacks.measure import class_map, l2_norm, linf_norm, per_image_iou, pixel_accuracy
 from lightning_seg.attacks.result import AttackResult
 
 
@@ -61,7 +61,7 @@ def _asma_loss(
     z: Tensor, targets: Tensor, mask: Tensor, delta: Tensor, adaptive_mask: bool, l2_weight: float
 ) -> tuple[Tensor, Tensor]:
     """Per-image J (Eq. 2 minus the squared L2 term) and the prediction."""
-    pred = z.argmax(1)
+    pred = class_map(z)
     active = mask & (pred != targets) if adaptive_mask else mask
     zt = z.gather(1, targets.unsqueeze(1)).squeeze(1)
     logit_term = (zt * active).flatten(1).sum(1)
@@ -229,7 +229,7 @@ def _paper_exact(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: T
             upd = upd * pm
         d_un = d.detach() + upd  # updated, not yet clamped
         with torch.no_grad():  # the reference's second forward (it also built a graph there)
-            pred2 = ctx.forward(x0 + d_un).argmax(1)
+            pred2 = class_map(ctx.forward(x0 + d_un))
         iou2 = per_image_iou(pred2, tgt, cnt, int(z.shape[1]))
         if dynamic_multiplier:
             mu = beta * iou2 + tau

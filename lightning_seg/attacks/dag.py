@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lightning_seg.attacks._common import check_inputs, check_output, finish, per_image, project_box
 from lightning_seg.attacks.guard import attack_guard
-from lightning_seg.attacks.measure import apsr
+from lightning_seg.attacks.measure import apsr, class_map
 from lightning_seg.attacks.result import AttackResult
 
 
@@ -95,7 +95,7 @@ def dag(
                     # uniform over the K-1 wrong classes, fixed for the whole attack
                     off = torch.randint(1, K, lab.shape, generator=generator, device=dev)
                     adv_lab = (lab + off) % K
-            pred = z.argmax(1).detach()
+            pred = class_map(z).detach()
             if targeted:
                 active = ca & (pred != la)
                 src, dst = pred, la

@@ -23,6 +23,13 @@ def binary_logits(z: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(z), z], dim=1)
 
 
+def class_map(logits: Tensor) -> Tensor:
+    """``logits.argmax(1)`` (first maximum on ties), computed as ``max(1).indices``: on CPU, argmax over
+    the class dim of [B,K,H,W] takes a slow strided path (about 18x slower at 4x2x96x96, 1 thread),
+    which alone cost attacks about 10 % per iteration."""
+    return logits.max(1).indices
+
+
 def _flat(mask: Tensor | None, ref: Tensor) -> Tensor:
     if mask is None:
         return torch.ones_like(ref, dtype=torch.bool)
@@ -86,4 +93,4 @@ def linf_norm(delta: Tensor) -> Tensor:
     return delta.flatten(1).abs().amax(dim=1).to(torch.float32)
 
 
-__all__ = ["apsr", "binary_logits", "l2_norm", "linf_norm", "per_image_iou", "pixel_accuracy"]
+__all__ = ["apsr", "binary_logits", "class_map", "l2_norm", "linf_norm", "per_image_iou", "pixel_accuracy"]

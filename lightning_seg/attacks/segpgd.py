@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_seg.attacks.measure import class_map
 from lightning_seg.attacks.pgd import pgd_core
 from lightning_seg.attacks.result import AttackResult
 
@@ -24,7 +25,7 @@ from lightning_seg.attacks.result import AttackResult
 def segpgd_weight(logits: Tensor, labels: Tensor, t: int, steps: int, targeted: bool) -> Tensor:
     """Per-pixel SegPGD weight at 1-based step t of T = steps."""
     lam = (t - 1) / (2 * steps)
-    right = logits.argmax(1) == labels
+    right = class_map(logits) == labels
     w_right, w_wrong = (lam, 1 - lam) if targeted else (1 - lam, lam)
     return torch.where(right, torch.full_like(labels, 0, dtype=logits.dtype) + w_right,
                        torch.full_like(labels, 0, dtype=logits.dtype) + w_wrong)

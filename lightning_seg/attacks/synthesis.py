@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.attacks.measure import per_image_iou, pixel_accuracy
+from lightning_seg.attacks.measure import class_map, per_image_iou, pixel_accuracy
 from lightning_seg.attacks.result import AttackResult
 from lightning_seg.deformations import (
     SmoothTransform,
@@ -101,7 +101,7 @@ def _fg_probs_and_onehot(logits: Tensor, labels: Tensor, hard: bool,
         p = (logits > 0).to(logits.dtype) if hard else torch.sigmoid(logits)
         return p, (labels == 1).unsqueeze(1).to(logits.dtype)
     if hard:
-        p = F.one_hot(logits.argmax(1), k).permute(0, 3, 1, 2).to(logits.dtype)
+        p = F.one_hot(class_map(logits), k).permute(0, 3, 1, 2).to(logits.dtype)
     else:
         p = torch.softmax(logits, dim=1)
     y = F.one_hot(labels.clamp(0, k - 1), k).permute(0, 3, 1, 2).to(logits.dtype)
@@ -265,7 +265,7 @@ def synthesis_attack(
             best_dice = dice_clean.clone()
             best_adv, best_y = x.clone(), y.clone()
             best_m = None if m is None else m.clone()
-            best_pred = clean_logits.argmax(1) if clean_logits.shape[1] > 1 else (clean_logits[:, 0] > 0).long()
+            best_pred = class_map(clean_logits) if clean_logits.shape[1] > 1 else (clean_logits[:, 0] > 0).long()
 
             def evaluate(alpha: Tensor) -> Tensor:
                 nonlocal best_alpha, best_err, best_dice, best_adv, best_y, best_m, best_pred, forwards
@@ -282,7 +282,7 @@ def synthesis_attack(
                 best_y = torch.where(_bcast(upd, yw), yw, best_y)
                 if mw is not None:
                     best_m = torch.where(_bcast(upd, mw), mw, best_m)
-                pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+                pred = class_map(logits) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
                 best_pred = torch.where(_bcast(upd, pred), pred, best_pred)
                 return d
 

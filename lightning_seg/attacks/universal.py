@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lightning_seg.attacks._common import check_inputs, check_output, finish
 from lightning_seg.attacks.guard import attack_guard
+from lightning_seg.attacks.measure import class_map
 from lightning_seg.attacks.result import AttackResult
 
 
@@ -76,7 +77,7 @@ def _make_target(
     z: Tensor, labels: Tensor, mode: str, target: Tensor | None, hide_class: int, reference: str
 ) -> tuple[Tensor, Tensor]:
     """(target [B,h,w], I_o indicator [B,h,w])."""
-    ref = z.argmax(1) if reference == "prediction" else labels
+    ref = class_map(z) if reference == "prediction" else labels
     if mode == "static":
         assert target is not None
         t = target.to(labels.device).expand_as(labels)
