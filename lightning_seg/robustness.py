@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lightning_seg.adversarial import build_named_attack
 from lightning_seg.attacks import per_image_iou
+from lightning_seg.defense_eval import check_monotone
 from lightning_seg.io import atomic_write
 from lightning_seg.lit_module import load_module
 from lightning_seg.metrics import per_image_dice
@@ -41,6 +42,21 @@ def robustness_sweep(checkpoints: list[Path], images: Tensor, labels: Tensor, *,
                     if progress is not None:
                         progress.update(1)
                 rows.append(_row(ckpt, name, eps, torch.cat(preds), y, task))
+    return flag_monotone(rows)
+
+
+def flag_monotone(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sanity check of every curve (REFERENCE 3.6): robust Dice must not rise with the budget. Sets each row's
+    ``check`` to "" or a ``WARN`` naming the rise (a rise means a too-weak attack, e.g. masked gradients)."""
+    for row in rows:
+        row["check"] = ""
+    for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
+        clean = [r for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean"]
+        for attack in dict.fromkeys(r["attack"] for r in rows if r["checkpoint"] == ckpt and r["attack"] != "clean"):
+            curve = clean + sorted((r for r in rows if r["checkpoint"] == ckpt and r["attack"] == attack), key=lambda r: r["eps"])
+            for prev, row in zip(curve, curve[1:]):
+                problems = check_monotone([(prev["eps"], prev["dice"]), (row["eps"], row["dice"])])
+                row["check"] = "WARN: " + "; ".join(problems) if problems else ""
     return rows
 
 
@@ -61,11 +77,12 @@ def _label(ckpt: Path) -> str:
 
 def robustness_table(rows: list[dict[str, Any]]) -> str:
     structures = [k for k in rows[0] if k.startswith("dice_")]
-    head = "| checkpoint | attack | eps (x255) | " + " | ".join(f"Dice {s[5:]}" for s in structures) + " | mean Dice | IoU |"
-    lines = [head, "|" + "---|" * (5 + len(structures))]
+    head = "| checkpoint | attack | eps (x255) | " + " | ".join(f"Dice {s[5:]}" for s in structures) + " | mean Dice | IoU | check |"
+    lines = [head, "|" + "---|" * (6 + len(structures))]
     for r in rows:
         cells = " | ".join(f"{r[s]:.3f}" for s in structures)
-        lines.append(f"| {r['checkpoint']} | {r['attack']} | {r['eps_255']:g} | {cells} | {r['dice']:.3f} | {r['iou']:.3f} |")
+        lines.append(f"| {r['checkpoint']} | {r['attack']} | {r['eps_255']:g} | {cells} | {r['dice']:.3f} | {r['iou']:.3f} | "
+                     f"{r.get('check') or 'ok'} |")
     return "\n".join(lines)
 
 

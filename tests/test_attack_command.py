@@ -107,6 +107,7 @@ def test_robustness_sweep_over_two_checkpoints(trained, tmp_path: Path):
         clean = next(float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean")
         strongest = [float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and float(r["eps_255"]) == 8.0]
         assert max(strongest) <= clean + 1e-6  # sanity: an attack never helps
+    assert all(r["check"] == "" for r in rows)  # Dice falls with the budget on every curve
     assert (run / "robustness.png").stat().st_size > 10_000 and "Robustness" in (run / "summary.md").read_text()
 
 
@@ -141,3 +142,16 @@ def test_glaucoma_attack_reports_vcdr_and_screening_flips(tmp_path: Path):
     summary = result["summary"][0]
     assert summary["clin_flip@0.6"] == pytest.approx(summary["clin_n2s@0.6"] + summary["clin_s2n@0.6"])
     assert 0.0 <= summary["clin_target_flip@0.6"] <= 1.0 and "clin_target_n2s_of_normal@0.7" in summary
+
+
+def test_robustness_rows_flag_dice_rising_with_the_budget():
+    from lightning_seg.robustness import flag_monotone, robustness_table
+
+    def row(attack, eps, dice):
+        return {"checkpoint": "a/best", "attack": attack, "eps": eps, "eps_255": eps * 255, "dice_lesion": dice, "dice": dice, "iou": dice}
+
+    rows = flag_monotone([row("clean", 0.0, 0.9), row("pgd", 8 / 255, 0.5), row("pgd", 2 / 255, 0.6), row("pgd", 4 / 255, 0.7)])
+    checks = {round(r["eps_255"]): r["check"] for r in rows if r["attack"] == "pgd"}
+    assert checks[2] == "" and checks[8] == ""
+    assert checks[4].startswith("WARN: Dice rises from 0.600 at eps 2/255 to 0.700")
+    assert "| WARN: Dice rises" in robustness_table(rows)
