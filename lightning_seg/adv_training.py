@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lightning_seg.adversarial import build_named_attack, is_targeted
 from lightning_seg.attacks.config import SynthesisConfig
-from lightning_seg.attacks.synthesis import random_synthesis, transform_config
+from lightning_seg.attacks.synthesis import TRANSFORM_KEYS, random_synthesis, transform_config
 from lightning_seg.targets import make_target
 
 PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm")
@@ -61,7 +61,7 @@ class AdversarialTrainingHook:
         start = time.perf_counter()
         x, y = images[:n], labels[:n]
         if self.attack is None:  # random_synthesis: no forward pass
-            cfg = transform_config(tuple(x.shape[1:]), **{k: getattr(self.synthesis, k) for k in _TRANSFORM_KEYS})
+            cfg = transform_config(tuple(x.shape[1:]), **{k: getattr(self.synthesis, k) for k in TRANSFORM_KEYS})
             adv, adv_labels, _ = random_synthesis(x, y, cfg)
             forwards = 0.0
         else:
@@ -77,6 +77,3 @@ class AdversarialTrainingHook:
         return mixed, mixed_labels, {"adv_seconds": time.perf_counter() - start, "adv_images": float(n),
                                      "adv_forwards_per_image": forwards}
 
-
-_TRANSFORM_KEYS = ("morph_spacing", "eps_morph", "max_disp_px", "diffeomorphic", "ss_steps", "bias_cells", "eps_bias",
-                   "noise_std", "label_mode")

@@ -34,6 +34,7 @@ host sync inside the loops (fixed numbers of steps); images clamped to [0,1].
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ from lightning_seg.deformations import (
 )
 
 __all__ = ["SynthesisResult", "SynthesisAttack", "synthesis", "synthesis_attack", "synthesis_records", "synthesis_summary",
-           "transform_config", "random_synthesis", "hard_dice",
+           "transform_config", "TRANSFORM_KEYS", "random_synthesis", "hard_dice",
            "soft_dice"]
 
 
@@ -349,6 +350,10 @@ def transform_config(image_shape: tuple[int, int, int], *, morph_spacing: int = 
     return TransformConfig(eps_bias=eps_bias, bias_cells=bias_cells, eps_morph=eps_morph, morph_spacing=morph_spacing,
                            ss_steps=ss_steps, eps_noise=noise_std * math.sqrt(c * h * w), label_mode=label_mode,
                            max_disp_px=max_disp_px, diffeomorphic=diffeomorphic)
+
+
+# The budget keys of transform_config (shared by SynthesisConfig): derived, so a new budget cannot be forgotten.
+TRANSFORM_KEYS = tuple(p for p in inspect.signature(transform_config).parameters if p != "image_shape")
 
 
 def random_synthesis(images: Tensor, labels: Tensor, config: TransformConfig, *, max_alpha: float = 1.0,
