@@ -65,6 +65,32 @@ def test_asma_normalized_step(batch):
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
+def test_asma_relative_step(batch):
+    model, x = make(batch)
+    target = torch.ones(batch, 4, 4, dtype=torch.long)
+    opt, _ = minimal_norms(model, x, clean_pred(model, x) != target)
+    res = asma(model, x, target, step="relative", step_size=2e-3, max_iter=4000, iou_threshold=1.0)
+    assert res.success.all()
+    assert (res.l2 <= 1.25 * opt + 1e-6).all(), (res.l2, opt)
+
+
+def test_asma_relative_step_is_the_raw_schedule_with_tau_calibrated_per_image():
+    """relative == raw with tau, beta scaled by step_size / ||g_0|| of each image; the first step has L2 step_size."""
+    model, x = make(3)
+    target = torch.ones(3, 4, 4, dtype=torch.long)
+    first = asma(model, x, target, step="relative", step_size=0.01, max_iter=1)
+    assert torch.allclose(first.l2, torch.full((3,), 0.01), rtol=1e-4)
+    rel = asma(model, x, target, step="relative", step_size=0.01, max_iter=30)
+    for i in range(3):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        z = model(xi)
+        g0 = torch.autograd.grad((z[:, 1] * (z.argmax(1) != 1)).sum(), xi)[0].norm()
+        c = 0.01 / (1e-7 * float(g0))  # tau -> tau * c gives a first step of length 0.01
+        raw = asma(model, x[i:i + 1], target[i:i + 1], step="raw", tau=1e-7 * c, beta=1e-6 * c, max_iter=30)
+        torch.testing.assert_close(raw.adv[0], rel.adv[i])
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_dag_minimal_l2(batch, norm):
     model, x = make(batch, symmetric=False)

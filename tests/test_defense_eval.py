@@ -30,7 +30,8 @@ from lightning_seg.metrics import per_image_dice
 
 # A tiny U-Net that actually segments (val Dice ~0.92 in ~5 s): the 1-2 epoch fixtures elsewhere predict a constant mask,
 # on which no attack can move Dice and the sanity checks would be vacuous.
-TRAINED = {"trainer.max_epochs": 8, "data.num_train": 64, "optim.lr": 0.01}
+# full-contrast lesions: a tiny model must segment well for the checks to mean anything
+TRAINED = {"trainer.max_epochs": 8, "data.num_train": 64, "optim.lr": 0.01, "data.options.contrast": "[1.0,1.0]"}
 
 
 @pytest.fixture(scope="module")

@@ -179,12 +179,14 @@ def test_hairs_do_not_change_the_mask():
 
 
 def test_isic_lesion_is_darker_than_skin():
-    for i in range(10):
-        img, m = synth_isic(i)
+    def gap(img: np.ndarray, m: np.ndarray) -> float:
         lum = img.astype(float).mean(-1)
-        inner = ndimage.binary_erosion(m, iterations=3)
-        outer = ~ndimage.binary_dilation(m, iterations=3)
-        assert lum[inner].mean() < lum[outer].mean() - 15
+        return lum[~ndimage.binary_dilation(m, iterations=3)].mean() - lum[ndimage.binary_erosion(m, iterations=3)].mean()
+
+    full = [gap(*synth_isic(i, contrast=(1.0, 1.0))) for i in range(10)]
+    faint = [gap(*synth_isic(i)) for i in range(10)]  # the default: faint lesions, darker on average only
+    assert min(full) > 15
+    assert 2 < np.mean(faint) < 0.5 * np.mean(full)
 
 
 def test_isic_not_separable_by_one_global_grey_threshold():
@@ -334,7 +336,7 @@ def test_mask_contour_of_a_square():
 def test_isic_contrast_option_fades_the_lesion_only():
     from datamodules.synthetic import synth_isic
 
-    img, mask = synth_isic(3, seed=0, size=48)
+    img, mask = synth_isic(3, seed=0, size=48, contrast=(1.0, 1.0))
     faint, faint_mask = synth_isic(3, seed=0, size=48, contrast=(0.3, 0.3))
     assert (mask == faint_mask).all()
     inside, outside = mask.astype(bool), ~mask.astype(bool)

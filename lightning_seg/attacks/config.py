@@ -55,7 +55,8 @@ class _Parse:
 class AsmaConfig(_Parse):
     """ASMA (Ozbulak et al. 2019); see :func:`lightning_seg.attacks.asma.asma`.
 
-    Project defaults: the scale-free normalised step with per-image early stop at IoU 0.95, because the
+    Project defaults: the scale-free relative step (the raw schedule with tau calibrated per image, first step of
+    L2 length ``step_size``) with per-image early stop at IoU 0.95, because the
     paper's raw-gradient tau/beta (1e-7 / 1e-6, 2501 iterations: ``attack=asma_paper``) are specific to
     its model and barely move others (REFERENCE 1.2)."""
 
@@ -67,7 +68,7 @@ class AsmaConfig(_Parse):
     max_iter: int = 500
     iou_threshold: float | None = 0.95
     success_threshold: float = 0.95
-    step: str = "normalized"
+    step: str = "relative"
     step_size: float = 0.05
     l2_weight: float = 1.0
     paper_exact: bool = False
