@@ -45,6 +45,9 @@ TABLE_COLUMNS = ("l2", "linf", "iou", "pixel_acc")
 
 def attack(cfg: DictConfig) -> dict[str, Any]:
     """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run) with every attack in ``cfg.attack``."""
+    if cfg.attack_eval.target_base not in ("label", "prediction"):
+        raise ValueError(f"attack_eval.target_base={cfg.attack_eval.target_base!r}: use label (ground truth) or prediction "
+                         "(the model's clean mask)")
     if cfg.attack_eval.defenses and not cfg.attack:
         raise ValueError("attack_eval.defenses needs attacks to evaluate them under: add attack=[asma,pgd]")
     if not cfg.attack and not cfg.attack_eval.eps_sweep:
@@ -73,7 +76,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     with torch.no_grad():
         clean_pred = torch.cat([net(x).argmax(1) for x in images.split(ev.batch_size)])
     labels = module.crop_labels(images, labels)
-    targets, target_keys = _targets(labels, keys, ev, device)
+    targets, target_keys = _targets(labels if ev.target_base == "label" else clean_pred, keys, ev, device)
     clean_dice = per_image_dice(clean_pred, labels, module.task)
 
     logger = _Logger(cfg, run_dir)
@@ -192,6 +195,7 @@ def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tens
 
 
 def _targets(labels: Tensor, keys: list[str], ev: Any, device: torch.device) -> tuple[Tensor, list[str]]:
+    """Target masks built from ``labels`` (the ground truth, or the clean prediction for ``target_base=prediction``)."""
     if ev.target == "other_image":
         if len(keys) < 2:
             raise ValueError("target=other_image needs at least 2 images (attack_eval.num_images >= 2)")

@@ -116,6 +116,9 @@ class AttackEvalConfig:
     batch_size: int = 16
     target: str = "other_image"  # target generator (lightning_seg.targets.TARGETS); other_image = the ASMA paper's protocol
     target_params: dict[str, Any] = field(default_factory=dict)
+    # Mask the targets are built from: label (ground truth; the paper's protocol) | prediction (the model's clean
+    # mask: a clinical edit such as cup_enlarge then changes only what the edit changes, not the model's own errors)
+    target_base: str = "label"
     seed: int = 0  # seeds target pairing (other_image: a seeded derangement) and random target edits
     panels: int = 3  # image panels saved per attack
     up_train_batches: int = 8  # training batches used to fit the universal perturbation (attack=up)

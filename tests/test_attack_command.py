@@ -155,3 +155,19 @@ def test_robustness_rows_flag_dice_rising_with_the_budget():
     assert checks[2] == "" and checks[8] == ""
     assert checks[4].startswith("WARN: Dice rises from 0.600 at eps 2/255 to 0.700")
     assert "| WARN: Dice rises" in robustness_table(rows)
+
+
+def test_targets_can_be_built_from_the_clean_prediction(tmp_path: Path):
+    from tests.conftest import tiny_overrides
+
+    fitted = fit(compose(tiny_overrides(tmp_path / "runs")))
+    base = [f"run.output_dir={tmp_path / 'runs'}", "attack=[asma]", "logger=none", "attack.asma.max_iter=0",
+            "attack_eval.num_images=4", "attack_eval.target=shift", "attack_eval.target_params={dx: 0, dy: 0}",
+            f"run.ckpt={fitted['last_checkpoint']}", "attack_eval.panels=0"]
+    # an identity edit of the model's own mask is reached with no perturbation at all; of the ground truth it is not
+    on_pred = attack(compose_for("attack", [*base, "attack_eval.target_base=prediction"]))["summary"][0]
+    on_label = attack(compose_for("attack", base))["summary"][0]
+    assert on_pred["iou_mean"] == pytest.approx(1.0) and on_pred["l2_mean"] == 0.0
+    assert on_label["iou_mean"] < 0.99
+    with pytest.raises(ValueError, match="target_base='pred'.*label.*prediction"):
+        attack(compose_for("attack", [*base, "attack_eval.target_base=pred"]))
