@@ -206,13 +206,16 @@ def _cup_rescale(masks: Tensor, desired: Tensor) -> Tensor:
 
 
 def _cup_desired(masks: Tensor, delta: Param | None, factor: Param | None, sign: float,
-                 generator: torch.Generator | None) -> Tensor:
-    if delta is not None and factor is not None:
-        raise ValueError("give only one of delta (absolute vCDR change) or factor (relative)")
-    if delta is None and factor is None:
+                 generator: torch.Generator | None, to: Param | None = None) -> Tensor:
+    if sum(p is not None for p in (delta, factor, to)) > 1:
+        raise ValueError("give only one of delta (absolute vCDR change), factor (relative) or to (vCDR to reach)")
+    if delta is None and factor is None and to is None:
         delta = 0.2
     B, dev = masks.shape[0], masks.device
     cur = vcdr(masks)
+    if to is not None:  # the smallest edit that reaches the vCDR `to`; masks already past it stay as they are
+        goal = _draw(to, B, generator, dev)
+        return torch.maximum(cur, goal) if sign > 0 else torch.minimum(cur, goal)
     if delta is not None:
         return cur + sign * _draw(delta, B, generator, dev)
     f = _draw(factor, B, generator, dev)
@@ -220,18 +223,18 @@ def _cup_desired(masks: Tensor, delta: Param | None, factor: Param | None, sign:
 
 
 @TARGETS.register("cup_enlarge")
-def cup_enlarge(masks: Tensor, *, delta: Param | None = None, factor: Param | None = None,
+def cup_enlarge(masks: Tensor, *, delta: Param | None = None, factor: Param | None = None, to: Param | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-    """Raise the vCDR by ``delta`` (absolute, default 0.2) or multiply it by ``factor`` (>1);
-    the cup stays inside the disc."""
-    return _cup_rescale(masks, _cup_desired(masks, delta, factor, +1.0, generator))
+    """Raise the vCDR by ``delta`` (absolute, default 0.2), multiply it by ``factor`` (>1), or raise it to at least
+    ``to`` (e.g. 0.75: every eye looks glaucomatous at the 0.7 screening threshold); the cup stays inside the disc."""
+    return _cup_rescale(masks, _cup_desired(masks, delta, factor, +1.0, generator, to))
 
 
 @TARGETS.register("cup_shrink")
-def cup_shrink(masks: Tensor, *, delta: Param | None = None, factor: Param | None = None,
+def cup_shrink(masks: Tensor, *, delta: Param | None = None, factor: Param | None = None, to: Param | None = None,
                generator: torch.Generator | None = None) -> Tensor:
-    """Lower the vCDR by ``delta`` (absolute, default 0.2) or divide it by ``factor`` (>1)."""
-    return _cup_rescale(masks, _cup_desired(masks, delta, factor, -1.0, generator))
+    """Lower the vCDR by ``delta`` (absolute, default 0.2), divide it by ``factor`` (>1), or lower it to at most ``to``."""
+    return _cup_rescale(masks, _cup_desired(masks, delta, factor, -1.0, generator, to))
 
 
 def make_target(name: str, masks: Tensor, **params: object) -> Tensor:

@@ -132,6 +132,19 @@ def test_cup_vcdr_change(fn, sign):
     assert torch.allclose(vcdr(rel), expect, atol=1.5 / float(d_disc.min()))
 
 
+def test_cup_to_reaches_a_vcdr_and_leaves_masks_past_it_alone():
+    m = optic()
+    before = vcdr(m)
+    d_disc = (m >= 1).sum(1).amax(1).float()
+    goal = float(before.max()) + 0.1  # above every image's vCDR: each cup grows to it
+    up = cup_enlarge(m, to=goal)
+    assert torch.allclose(vcdr(up), torch.full_like(before, goal), atol=1.5 / float(d_disc.min()))
+    assert torch.equal(cup_enlarge(m, to=float(before.min()) - 0.05), m)  # already past the goal: unchanged
+    assert torch.equal(cup_shrink(m, to=float(before.max()) + 0.05), m)
+    with pytest.raises(ValueError, match="only one of"):
+        cup_enlarge(m, delta=0.1, to=0.7)
+
+
 def test_cup_enlarge_capped_inside_disc():
     m = optic()
     out = cup_enlarge(m, delta=0.9)
