@@ -105,3 +105,22 @@ def test_training_hook_synthesis_returns_deformed_labels_and_keeps_bn_clean():
     assert m2.shape == x.shape and not torch.equal(m2, x) and c2["adv_forwards_per_image"] == 0
     with pytest.raises(TypeError, match="dice_drop"):
         AdversarialTrainingHook("random_synthesis", params={"dice_drp": 0.1})
+
+
+def test_held_out_levels_reach_their_stated_magnitudes():
+    """Each LEVELS entry must shift as much as its name says: a pixel bound that never binds (velocity radius too small)
+    would make "morph 12px" a copy of "morph 9px" and the stronger held-out test meaningless."""
+    from lightning_seg.synthesis_eval import LEVELS
+
+    x = torch.rand(16, 3, 96, 96)
+    for name, budget in LEVELS.items():
+        if not budget:
+            continue
+        cfg = TransformConfig(**{"eps_noise": 0.0, **budget})
+        t = sample_random_transform(16, (96, 96), channels=3, config=cfg, generator=torch.Generator().manual_seed(1001))
+        real = t.realism(x, t.apply(x)[0])
+        if cfg.eps_morph > 0:
+            assert cfg.max_disp_px is not None and float(real["max_disp_px"].mean()) >= 0.9 * cfg.max_disp_px, name
+            assert float(real["min_jacobian"].min()) > 0, name  # still no folding
+        if cfg.eps_bias > 0:  # a bound, not a typical value (random control points, smoothed by the B-spline)
+            assert 0 < float(real["max_bias"].max()) <= cfg.eps_bias + 1e-5, name
