@@ -11,6 +11,7 @@ against targeted ASMA examples whose targets are random realistic masks (another
 (``steps`` gradient steps, then scaled to a Dice drop of ``params.dice_drop``), trained against the
 *equally deformed* labels. ``attack=random_synthesis`` draws the same transforms at random (alpha ~ U[0,1])
 without a forward pass: the non-adversarial baseline. ``params`` takes the keys of ``conf/attack/synthesis.yaml``.
+``random_bias=True`` (synthesis only) optimises the deformation and noise and applies a random bias field on top.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ SYNTHESIS_TRAIN_DEFAULTS = {"bisect_steps": 3, "dice_drop": 0.3, "seed": None}
 
 class AdversarialTrainingHook:
     def __init__(self, attack: str = "pgd", eps: float = 4 / 255, steps: int = 3, alpha: float | None = None,
-                 ratio: float = 1.0, target: str = "other_image", params: dict[str, Any] | None = None, **_: Any) -> None:
+                 ratio: float = 1.0, target: str = "other_image", params: dict[str, Any] | None = None,
+                 random_bias: bool = False, **_: Any) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"adv_train.ratio must be in (0, 1], got {ratio}")
+        if random_bias and attack != "synthesis":
+            raise ValueError(f"adv_train.random_bias applies to attack=synthesis only, got attack={attack!r}")
         params = dict(params or {})
         if attack in PGD_FAMILY:
             params.setdefault("eps", eps)
@@ -46,12 +50,16 @@ class AdversarialTrainingHook:
                 params.setdefault("random_start", True)
             params.setdefault("seed", None)  # a fixed seed would reuse one random start for every batch
         self.name, self.ratio, self.target = attack, ratio, target
+        self.bias: SynthesisConfig | None = None  # random_bias: the budgets of the random bias field
         if attack == "random_synthesis":
             self.attack = None
             self.synthesis: SynthesisConfig = build_named_attack("synthesis", None, **params).config  # validates the keys
             return
         if attack == "synthesis":
             params = {"steps": steps, **SYNTHESIS_TRAIN_DEFAULTS, **params}
+            if random_bias:
+                self.bias = build_named_attack("synthesis", None, **params).config
+                params["eps_bias"] = 0.0  # the adversary gets no bias component
         self.attack = build_named_attack(attack, None, **params)
 
     def __call__(self, net: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
@@ -71,6 +79,10 @@ class AdversarialTrainingHook:
                 y = make_target(self.target, y)
             result = self.attack(net, x, y)
             adv, adv_labels = result.adv, result.extras.get("adv_labels", labels[:n])
+            if self.bias is not None:  # appearance only (no deformation, no second noise draw): labels unchanged
+                budgets = {k: getattr(self.bias, k) for k in TRANSFORM_KEYS}
+                cfg = transform_config(tuple(x.shape[1:]), **{**budgets, "eps_morph": 0.0, "noise_std": 0.0})
+                adv = random_synthesis(adv, adv_labels, cfg)[0]
             forwards = result.forwards / n
         mixed = torch.cat([adv.detach(), images[n:]]) if n < images.shape[0] else adv.detach()
         mixed_labels = torch.cat([adv_labels, labels[n:]]) if n < labels.shape[0] else adv_labels

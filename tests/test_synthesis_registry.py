@@ -105,3 +105,46 @@ def test_training_hook_synthesis_returns_deformed_labels_and_keeps_bn_clean():
     assert m2.shape == x.shape and not torch.equal(m2, x) and c2["adv_forwards_per_image"] == 0
     with pytest.raises(TypeError, match="dice_drop"):
         AdversarialTrainingHook("random_synthesis", params={"dice_drp": 0.1})
+
+
+def test_held_out_levels_reach_their_stated_magnitudes():
+    """Each LEVELS entry must shift as much as its name says: a pixel bound that never binds (velocity radius too small)
+    would make "morph 12px" a copy of "morph 9px" and the stronger held-out test meaningless."""
+    from lightning_seg.synthesis_eval import LEVELS
+
+    x = torch.rand(16, 3, 96, 96)
+    for name, budget in LEVELS.items():
+        if not budget:
+            continue
+        cfg = TransformConfig(**{"eps_noise": 0.0, **budget})
+        t = sample_random_transform(16, (96, 96), channels=3, config=cfg, generator=torch.Generator().manual_seed(1001))
+        real = t.realism(x, t.apply(x)[0])
+        if cfg.eps_morph > 0:
+            assert cfg.max_disp_px is not None and float(real["max_disp_px"].mean()) >= 0.9 * cfg.max_disp_px, name
+            assert float(real["min_jacobian"].min()) > 0, name  # still no folding
+        if cfg.eps_bias > 0:  # a bound, not a typical value (random control points, smoothed by the B-spline)
+            assert 0 < float(real["max_bias"].max()) <= cfg.eps_bias + 1e-5, name
+
+
+def test_training_hook_random_bias_optimises_the_deformation_and_draws_the_bias():
+    net = build_model("unet", num_classes=2, width=4, depth=2, padding="same")
+    x, y = disks(4)
+    hook = AdversarialTrainingHook("synthesis", steps=1, ratio=0.5, params={"bisect_steps": 1, "eps_bias": 0.4},
+                                   random_bias=True)
+    assert hook.attack.config.eps_bias == 0.0 and hook.bias is not None and hook.bias.eps_bias == 0.4
+    seen = {}
+    attack = hook.attack
+
+    def spy(*args):
+        seen["result"] = attack(*args)
+        return seen["result"]
+
+    hook.attack = spy
+    spy.config = attack.config  # is_targeted reads it
+    mixed, labels, _ = hook(net, x, y)
+    r = seen["result"]
+    assert float(r.extras["max_bias"].max()) == 0.0  # the adversary had no bias component
+    assert torch.equal(labels[:2], r.extras["adv_labels"]) and torch.equal(mixed[2:], x[2:])
+    assert not torch.allclose(mixed[:2], r.adv) and 0 <= float(mixed.min()) and float(mixed.max()) <= 1
+    with pytest.raises(ValueError, match="random_bias"):
+        AdversarialTrainingHook("pgd", random_bias=True)
