@@ -38,8 +38,11 @@ class SegmentationModule(pl.LightningModule):
         self.adv_hook = None
         if adv_train and adv_train.get("enabled"):
             from lightning_seg.adv_training import AdversarialTrainingHook
+            from lightning_seg.adversarial import bind_task
 
             self.adv_hook = AdversarialTrainingHook(**adv_train)
+            if self.adv_hook.attack is not None:  # synthesis: its Dice drop is the reporting Dice (disc = rim + cup)
+                bind_task(self.adv_hook.attack, self.task)
         self.stage_metrics = torch.nn.ModuleDict({f"m_{s}": StructureMetrics(self.task, s) for s in ("train", "val", "test")})
 
     def metrics_for(self, stage: str) -> StructureMetrics:

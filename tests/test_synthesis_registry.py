@@ -148,3 +148,12 @@ def test_training_hook_random_bias_optimises_the_deformation_and_draws_the_bias(
     assert not torch.allclose(mixed[:2], r.adv) and 0 <= float(mixed.min()) and float(mixed.max()) <= 1
     with pytest.raises(ValueError, match="random_bias"):
         AdversarialTrainingHook("pgd", random_bias=True)
+
+
+def test_module_binds_the_reporting_dice_structures_to_the_synthesis_hook():
+    """The AT hook's synthesis aims its Dice drop at the reported Dice (glaucoma: disc = rim + cup, cup)."""
+    from lightning_seg.lit_module import SegmentationModule
+
+    module = SegmentationModule(task="disc_cup", model={"name": "unet", "width": 4, "depth": 2},
+                                adv_train={"enabled": True, "attack": "synthesis"})
+    assert module.adv_hook.attack.config.structures == [[1, 2], [2]]
