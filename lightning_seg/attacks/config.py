@@ -69,7 +69,7 @@ class AsmaConfig(_Parse):
     iou_threshold: float | None = 0.95
     success_threshold: float = 0.95
     step: str = "relative"
-    step_size: float = 0.05
+    step_size: float = 0.02  # embedded ISIC default, 32 pairs: RMS 1.31/255 (0.03: 1.73, 0.05: 2.62), all 100 % success
     l2_weight: float = 1.0
     paper_exact: bool = False
     return_best: bool = False
