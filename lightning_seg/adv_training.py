@@ -69,8 +69,7 @@ class AdversarialTrainingHook:
         start = time.perf_counter()
         x, y = images[:n], labels[:n]
         if self.attack is None:  # random_synthesis: no forward pass
-            cfg = transform_config(tuple(x.shape[1:]), **{k: getattr(self.synthesis, k) for k in TRANSFORM_KEYS})
-            adv, adv_labels, _ = random_synthesis(x, y, cfg)
+            adv, adv_labels = _random_transform(self.synthesis, x, y)
             forwards = 0.0
         else:
             if is_targeted(self.attack):
@@ -80,12 +79,16 @@ class AdversarialTrainingHook:
             result = self.attack(net, x, y)
             adv, adv_labels = result.adv, result.extras.get("adv_labels", labels[:n])
             if self.bias is not None:  # appearance only (no deformation, no second noise draw): labels unchanged
-                budgets = {k: getattr(self.bias, k) for k in TRANSFORM_KEYS}
-                cfg = transform_config(tuple(x.shape[1:]), **{**budgets, "eps_morph": 0.0, "noise_std": 0.0})
-                adv = random_synthesis(adv, adv_labels, cfg)[0]
+                adv = _random_transform(self.bias, adv, adv_labels, eps_morph=0.0, noise_std=0.0)[0]
             forwards = result.forwards / n
         mixed = torch.cat([adv.detach(), images[n:]]) if n < images.shape[0] else adv.detach()
         mixed_labels = torch.cat([adv_labels, labels[n:]]) if n < labels.shape[0] else adv_labels
         return mixed, mixed_labels, {"adv_seconds": time.perf_counter() - start, "adv_images": float(n),
                                      "adv_forwards_per_image": forwards}
 
+
+def _random_transform(budgets: SynthesisConfig, x: Tensor, y: Tensor, **override: float) -> tuple[Tensor, Tensor]:
+    """A random synthesis transform at the budgets of ``budgets`` (keys in ``override`` replaced): images, labels."""
+    cfg = transform_config(tuple(x.shape[1:]), **{**{k: getattr(budgets, k) for k in TRANSFORM_KEYS}, **override})
+    adv, adv_labels, _ = random_synthesis(x, y, cfg)
+    return adv, adv_labels
