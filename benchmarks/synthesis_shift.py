@@ -1,6 +1,9 @@
 """Held-out Dice under random deformations and bias fields for several checkpoints (criterion 2 of issue 6).
 
     python benchmarks/synthesis_shift.py fit=runs/fit/<run> synthesis-AT=runs/adv-train/<run> [--split val] [--out f.md]
+    python benchmarks/synthesis_shift.py fit:0=<run> fit:1=<run> synthesis-AT:0=<run> synthesis-AT:1=<run> --out f
+
+Labels ``name:seed`` are also averaged per name over training seeds (mean ± sd, a second table).
 
 Each ``label=checkpoint`` (file or run folder; the run's best checkpoint) is evaluated on the split of the data it was
 trained on (the data config stored in the checkpoint), under the levels of ``lightning_seg.synthesis_eval.LEVELS``
@@ -19,7 +22,7 @@ from lightning_seg.config import compose
 from lightning_seg.io import write_json, write_text
 from lightning_seg.lit_module import load_module
 from lightning_seg.runs import resolve_checkpoint
-from lightning_seg.synthesis_eval import LEVELS, shift_dice, shift_table
+from lightning_seg.synthesis_eval import LEVELS, mean_over_seeds, shift_dice, shift_table
 from lightning_seg.train import build_datamodule_from, load_checkpoint_config
 
 
@@ -53,6 +56,8 @@ def main() -> None:
         results[label] = shift_dice(module.net, images, labels, module.task, levels=levels, seeds=seeds)
         print(f"{label}: {ckpt}", flush=True)
     table = shift_table(results)
+    if any(":" in label for label in results):
+        table += "\n\nMean ± sd over training seeds:\n\n" + shift_table(mean_over_seeds(results))
     print(table)
     if args.out:
         write_text(Path(args.out).with_suffix(".md"), table + "\n")

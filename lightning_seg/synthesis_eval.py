@@ -70,8 +70,28 @@ def shift_dice(net: nn.Module, images: Tensor, labels: Tensor, task: Task, *, le
     return rows
 
 
+def mean_over_seeds(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Group models labelled ``name:seed`` by name: per level the mean of every Dice over the group, plus ``dice_sd``
+    (standard deviation over training seeds, ddof 1; 0 for a single model) and ``n``. Labels without ``:`` are their
+    own group. Training seeds matter: on the faint ISIC default clean Dice alone spans 0.88-0.95 between seeds."""
+    groups: dict[str, list[list[dict[str, Any]]]] = {}
+    for label, rows in results.items():
+        groups.setdefault(label.split(":")[0], []).append(rows)
+    out = {}
+    for name, members in groups.items():
+        rows = []
+        for per_level in zip(*members):
+            keys = [k for k in per_level[0] if k == "dice" or k.startswith("dice_")]
+            d = {k: torch.tensor([r[k] for r in per_level], dtype=torch.float64) for k in keys}
+            rows.append({"level": per_level[0]["level"], **{k: float(v.mean()) for k, v in d.items()},
+                         "dice_sd": float(d["dice"].std()) if len(per_level) > 1 else 0.0, "n": len(per_level)})
+        out[name] = rows
+    return out
+
+
 def shift_table(results: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown: one row per level, one column per model (mean Dice over structures; per structure in brackets)."""
+    """Markdown: one row per level, one column per model (mean Dice over structures; per structure in brackets;
+    ``± sd`` over training seeds for rows from :func:`mean_over_seeds`)."""
     models = list(results)
     levels = [r["level"] for r in results[models[0]]]
     lines = ["| level | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
@@ -79,10 +99,11 @@ def shift_table(results: dict[str, list[dict[str, Any]]]) -> str:
         cells = []
         for m in models:
             r = results[m][i]
-            parts = [f"{r[k]:.3f}" for k in r if k.startswith("dice_")]
-            cells.append(f"{r['dice']:.3f}" + (f" ({' / '.join(parts)})" if len(parts) > 1 else ""))
+            parts = [f"{r[k]:.3f}" for k in r if k.startswith("dice_") and k != "dice_sd"]
+            sd = f" ± {r['dice_sd']:.3f}" if r.get("n", 1) > 1 else ""
+            cells.append(f"{r['dice']:.3f}{sd}" + (f" ({' / '.join(parts)})" if len(parts) > 1 else ""))
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-__all__ = ["LEVELS", "shift_dice", "shift_table"]
+__all__ = ["LEVELS", "mean_over_seeds", "shift_dice", "shift_table"]

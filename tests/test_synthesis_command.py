@@ -69,3 +69,22 @@ def test_shift_dice_clean_level_matches_plain_dice_and_degrades(trained):
     assert rows[0]["dice"] == pytest.approx(float(plain), abs=1e-6) and rows[1]["dice"] != rows[0]["dice"]
     assert shift_dice(module.net, x, y, module.task, levels=levels, seeds=(1, 2)) == rows  # seeded: reproducible
     assert "| morph 6px |" in shift_table({"a": rows, "b": rows})
+
+
+def test_mean_over_seeds_groups_by_name_with_sample_sd():
+    from lightning_seg.synthesis_eval import mean_over_seeds
+
+    row = lambda level, d, cup: {"level": level, "dice_disc": d, "dice_cup": cup, "dice": (d + cup) / 2}  # noqa: E731
+    results = {"std:0": [row("clean", 0.9, 0.7), row("bias 0.6", 0.8, 0.6)],
+               "std:1": [row("clean", 0.9, 0.9), row("bias 0.6", 0.9, 0.5)],
+               "syn": [row("clean", 1.0, 1.0), row("bias 0.6", 1.0, 0.8)]}
+    out = mean_over_seeds(results)
+    assert list(out) == ["std", "syn"]
+    clean, shifted = out["std"]
+    assert clean["n"] == 2 and clean["dice_cup"] == pytest.approx(0.8) and clean["dice"] == pytest.approx(0.85)
+    assert clean["dice_sd"] == pytest.approx(0.1 / 2 ** 0.5)  # dice 0.8 and 0.9: sample sd
+    assert shifted["dice"] == pytest.approx(0.7) and shifted["dice_disc"] == pytest.approx(0.85)
+    assert shifted["dice_sd"] == pytest.approx(0.0, abs=1e-12)  # same mean Dice at both seeds
+    assert out["syn"][1]["n"] == 1 and out["syn"][1]["dice_sd"] == 0.0
+    table = shift_table(out)
+    assert "| clean | 0.850 ± 0.071 (0.900 / 0.800) | 1.000 (1.000 / 1.000) |" in table

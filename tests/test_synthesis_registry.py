@@ -100,6 +100,9 @@ def test_training_hook_synthesis_returns_deformed_labels_and_keeps_bn_clean():
     assert torch.equal(mixed[2:], x[2:]) and torch.equal(labels[2:], y[2:]) and not torch.equal(labels[:2], y[:2])
     assert cost["adv_images"] == 2 and cost["adv_forwards_per_image"] == 1 + 2 + 1 + 1 + 2
     assert all(p.grad is None for p in net.parameters())
+    # the training adversary has no noise component by default (it would turn the augmentation into L2 AT)
+    assert hook.attack.config.noise_std == 0.0
+    assert AdversarialTrainingHook("synthesis", params={"noise_std": 0.01}).attack.config.noise_std == 0.01
     rnd = AdversarialTrainingHook("random_synthesis", ratio=1.0)
     m2, l2, c2 = rnd(net, x, y)
     assert m2.shape == x.shape and not torch.equal(m2, x) and c2["adv_forwards_per_image"] == 0
