@@ -16,7 +16,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/runs/synthesis_augmentation}"
 shift || true
 SEEDS="${SEEDS:-0 1 2 3}"
-PY="${PYTHON:-python}"
+source "$ROOT/scripts/env.sh"  # the project's venv, as scripts/demo.sh
+PY="$VENV/bin/python"
 cd "$ROOT"
 run() { "$PY" -m lightning_seg "$@" logger=csv run.output_dir="$OUT" "${EXTRA[@]}"; }
 EXTRA=("$@")
