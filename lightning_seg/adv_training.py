@@ -33,8 +33,8 @@ PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm")
 # a fresh random start per batch (seed None), a larger drop than evaluation so that examples are hard, and no noise.
 # Adversarial noise is an L2 attack of its own: on the faint ISIC default it alone reaches the 0.3 drop, so the
 # bisection shrinks deformation and bias to half their budget (alpha 0.50, |b - 1| 0.13) and training becomes L2
-# adversarial training (clean Dice 0.87 vs 0.93 without noise, seed 0). Without it the adversary uses the full anatomy and
-# appearance budget (alpha 0.99, |b - 1| 0.25, 5.8 px). Measured in README "Synthesis".
+# adversarial training (clean Dice 0.87 vs 0.93 without noise, seed 0). Without it the adversary uses the full
+# anatomy and appearance budget (alpha 0.99, |b - 1| 0.25, 5.8 px). Measured in README "Synthesis".
 SYNTHESIS_TRAIN_DEFAULTS = {"bisect_steps": 3, "dice_drop": 0.3, "seed": None, "noise_std": 0.0}
 
 
