@@ -12,7 +12,8 @@ against targeted ASMA examples whose targets are random realistic masks (another
 *equally deformed* labels; its noise component is off unless ``params.noise_std`` is set (see
 ``SYNTHESIS_TRAIN_DEFAULTS``). ``attack=random_synthesis`` draws the same transforms at random (alpha ~ U[0,1])
 without a forward pass: the non-adversarial baseline. ``params`` takes the keys of ``conf/attack/synthesis.yaml``.
-``random_bias=True`` (synthesis only) optimises the deformation and noise and applies a random bias field on top.
+``random_bias=True`` (synthesis only) optimises the deformation (and noise, if on) and applies a random bias field on
+top.
 """
 
 from __future__ import annotations

@@ -161,9 +161,9 @@ class AdvTrainConfig:
     ratio: float = 1.0  # share of each batch replaced by adversarial examples (1.0 robust, 0.5 DDC-AT style)
     target: str = "other_image"  # ASMA only: target generator for random realistic targets
     params: dict[str, Any] = field(default_factory=dict)  # extra attack hyper-parameters
-    # synthesis only: the adversary optimises the deformation (and noise); the bias field is drawn at random (alpha ~
-    # U[0,1], budget params.eps_bias) on top. An optimised bias field can erase the cup's pallor, the only cue for the
-    # cup, so its label becomes noise; a random one keeps the appearance variation without targeting that cue.
+    # synthesis only: the adversary optimises the deformation (and noise, if on); the bias field is drawn at random
+    # (alpha ~ U[0,1], budget params.eps_bias) on top. An optimised bias field can erase the cup's pallor, the only cue
+    # for the cup, so its label becomes noise; a random one keeps the appearance variation without targeting that cue.
     random_bias: bool = False
 
 
