@@ -13,11 +13,11 @@ import time
 
 import lightning.pytorch as pl
 import torch
+from lightning_seg.callbacks.adversarial_validation import AdversarialValidation
 
-from callbacks.adversarial_validation import AdversarialValidation
 from lightning_seg.config import compose, to_plain
-from lightning_seg.lit_module import SegmentationModule
-from lightning_seg.train import build_datamodule_from
+from lightning_seg.training.module import SegmentationModule
+from lightning_seg.training.trainer import build_datamodule_from
 
 
 def _trainer(callbacks=(), epochs: int = 1) -> pl.Trainer:

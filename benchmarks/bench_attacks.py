@@ -27,7 +27,7 @@ from torch import nn
 
 from lightning_seg.attacks import asma
 from lightning_seg.attacks.measure import per_image_iou
-from lightning_seg.attacks.testing import synthetic_disks, train_quick
+from tests.helpers.toy_models import synthetic_disks, train_quick
 
 
 def get_model() -> tuple[nn.Module, str]:

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from lightning_seg.config import compose
+from lightning_seg.evaluation.shift import LEVELS, mean_over_seeds, shift_dice, shift_table
 from lightning_seg.io import write_json, write_text
-from lightning_seg.lit_module import load_module
 from lightning_seg.runs import resolve_checkpoint
-from lightning_seg.synthesis_eval import LEVELS, mean_over_seeds, shift_dice, shift_table
-from lightning_seg.train import build_datamodule_from, load_checkpoint_config
+from lightning_seg.training.checkpoint import load_checkpoint_config, load_module
+from lightning_seg.training.trainer import build_datamodule_from
 
 
 def main() -> None:

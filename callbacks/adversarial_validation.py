@@ -16,7 +16,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_seg.adversarial import PerImageMeans, attack_batch, bind_task, build_named_attack, metric_keys, sweep_batch
+from lightning_seg.attacks.config import bind_task, build_named_attack
+from lightning_seg.evaluation.batch_attack import attack_batch, metric_keys, sweep_batch
+from lightning_seg.metrics.per_image_means import PerImageMeans
 
 
 class AdversarialValidation(Callback):
@@ -85,7 +87,7 @@ def _log_media(trainer: pl.Trainer, stage: str, attack: str, media: dict[str, An
     """Panels with mask overlays and a per-image table, for W&B (other loggers: nothing)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from lightning_seg.panels import to_uint8
+    from lightning_seg.viz.panels import to_uint8
 
     for logger in trainer.loggers:
         if not isinstance(logger, WandbLogger):

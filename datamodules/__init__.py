@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datamodules.base import SegmentationDataModule
-from datamodules.glaucoma import GlaucomaDataModule
-from datamodules.isic import ISICDataModule
+from lightning_seg.datamodules.base import SegmentationDataModule
+from lightning_seg.datamodules.glaucoma import GlaucomaDataModule
+from lightning_seg.datamodules.isic import ISICDataModule
+
 from lightning_seg.registry import Registry
 
 DATAMODULES: Registry[SegmentationDataModule] = Registry("data set")

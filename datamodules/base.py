@@ -19,10 +19,10 @@ import cv2
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning_seg.datamodules.sampling import EpochSampler
+from lightning_seg.datamodules.transforms import build_transform
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import EpochSampler
-from datamodules.transforms import build_transform
 from lightning_seg.tasks import get_task
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -159,7 +159,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 raise ValueError(f"The {split} split of {self.name} is empty: use more data or change data.val_fraction/num_*")
 
     def _folder_source(self) -> Source:
-        from datamodules.layouts import DataError, check_records, format_problems, load_pair
+        from lightning_seg.datamodules.layouts import DataError, check_records, format_problems, load_pair
 
         root = Path(self.root).expanduser()  # type: ignore[arg-type]
         found = self.discover(root)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.base import Pair, SegmentationDataModule
+from lightning_seg.datamodules.base import Pair, SegmentationDataModule
 
 
 class GlaucomaDataModule(SegmentationDataModule):
@@ -12,11 +12,11 @@ class GlaucomaDataModule(SegmentationDataModule):
     tasks = ("disc_cup", "disc")
 
     def synthetic_pair(self, index: int) -> Pair:
-        from datamodules.synthetic import synth_fundus
+        from lightning_seg.datamodules.synthetic import synth_fundus
 
         return synth_fundus(index, seed=self.data_seed, size=self.image_size, task=self.task.name)
 
     def discover(self, root: Path):
-        from datamodules.layouts import discover_glaucoma
+        from lightning_seg.datamodules.layouts import discover_glaucoma
 
         return discover_glaucoma(root, self.layout, **self.options)

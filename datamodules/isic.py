@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.base import Pair, SegmentationDataModule
+from lightning_seg.datamodules.base import Pair, SegmentationDataModule
 
 
 class ISICDataModule(SegmentationDataModule):
@@ -14,12 +14,12 @@ class ISICDataModule(SegmentationDataModule):
     synthetic_options = ("contrast",)  # e.g. data.options.contrast=[0.3,1.0]: fainter lesions
 
     def synthetic_pair(self, index: int) -> Pair:
-        from datamodules.synthetic import synth_isic
+        from lightning_seg.datamodules.synthetic import synth_isic
 
         return synth_isic(index, seed=self.data_seed, size=self.image_size, **self.options)
 
     def discover(self, root: Path):
-        from datamodules.layouts import discover_isic
+        from lightning_seg.datamodules.layouts import discover_isic
 
         if self.options:
             raise ValueError(f"data.options {sorted(self.options)} are not used by the ISIC layouts; remove them")

@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lightning_seg.config import ConfigError, RootConfig, compose, config_groups
+from lightning_seg.commands.compose import compose_for
+from lightning_seg.config import ConfigError, RootConfig, config_groups
 
 ROOT_SECTIONS = set(RootConfig.__dataclass_fields__)
 
@@ -53,22 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compose_for(command: str, overrides: list[str], extra_files: list[str] | None = None) -> Any:
-    """Compose the config for a command; evaluation commands start from the checkpoint's stored data config."""
-    cfg = compose(overrides, extra_files=extra_files)
-    if command in ("validate", "test", "attack"):
-        from lightning_seg.runs import resolve_checkpoint
-        from lightning_seg.train import load_checkpoint_config
-
-        stored = load_checkpoint_config(resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir))
-        if stored:
-            base = {"seed": stored["seed"], "data": stored["data"]}
-            if stored.get("defense"):  # a model trained behind a defense is evaluated behind it unless defense=... says otherwise
-                base["defense"] = stored["defense"]
-            cfg = compose(overrides, extra_files=extra_files, base=base)
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -88,25 +73,25 @@ def main(argv: list[str] | None = None) -> int:
 
             print(OmegaConf.to_yaml(cfg))
             return 0
-        from lightning_seg import train
-
-        from lightning_seg.attack_run import attack
-        from lightning_seg.demo import demo
+        from lightning_seg.commands.attack import attack
+        from lightning_seg.commands.demo import demo
+        from lightning_seg.commands.evaluate import evaluate
+        from lightning_seg.commands.fit import adv_train, fit
 
         runners: dict[str, Callable[[Any], dict[str, Any]]] = {
             "demo": lambda c: demo(overrides),
-            "fit": train.fit,
-            "validate": lambda c: train.evaluate(c, "validate"),
-            "test": lambda c: train.evaluate(c, "test"),
+            "fit": fit,
+            "validate": lambda c: evaluate(c, "validate"),
+            "test": lambda c: evaluate(c, "test"),
             "attack": attack,
-            "adv-train": train.adv_train,
+            "adv-train": adv_train,
         }
         result = runners[args.command](cfg)
     except (ConfigError, NoRunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # data errors etc.: one clear message, no traceback wall
-        from datamodules.layouts import DataError
+        from lightning_seg.datamodules.layouts import DataError
 
         if isinstance(e, DataError):
             print(f"error: {e}", file=sys.stderr)

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from lightning_seg.adversarial import bind_task
 from lightning_seg.attacks import build_attack
+from lightning_seg.attacks.config import bind_task
+from lightning_seg.attacks.deformations import bilinear_sample
 from lightning_seg.config import compose
-from lightning_seg.deformations import bilinear_sample
-from lightning_seg.lit_module import load_module
-from lightning_seg.panels import colorize, save_png, to_uint8
 from lightning_seg.runs import resolve_checkpoint
-from lightning_seg.train import build_datamodule_from, load_checkpoint_config
+from lightning_seg.training.checkpoint import load_checkpoint_config, load_module
+from lightning_seg.training.trainer import build_datamodule_from
+from lightning_seg.viz.panels import colorize, save_png, to_uint8
 
 COLUMNS = ("input", "deformed + bias", "deformation grid", "bias field", "deformed label", "prediction")
 

@@ -7,13 +7,15 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning_seg.callbacks.adversarial_validation import AdversarialValidation
 
-from callbacks.adversarial_validation import AdversarialValidation
-from lightning_seg.adv_training import AdversarialTrainingHook
+from lightning_seg.commands.evaluate import evaluate
+from lightning_seg.commands.fit import adv_train, fit
 from lightning_seg.config import compose
-from lightning_seg.lit_module import SegmentationModule
 from lightning_seg.models import build_model
-from lightning_seg.train import adv_train, build_datamodule_from, evaluate, fit
+from lightning_seg.training.adversarial_hook import AdversarialTrainingHook
+from lightning_seg.training.module import SegmentationModule
+from lightning_seg.training.trainer import build_datamodule_from
 
 PGD_DETERMINISTIC = {"attack": "[pgd]", "attack.pgd.random_start": "false", "attack.pgd.steps": 3, "adv_val.attack": "pgd"}
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lightning_seg.attack_run import attack
-from lightning_seg.cli import compose_for, main
+from lightning_seg.cli import main
+from lightning_seg.commands.attack import attack
+from lightning_seg.commands.compose import compose_for
+from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
-from lightning_seg.train import fit
 
 FAST = {"attack.ssm.max_iter": 15, "attack.asm.max_iter": 15, "attack.asma.max_iter": 15, "attack.dag.max_iter": 15,
         "attack.dag.targeted": "true", "attack_eval.num_images": 4, "attack_eval.batch_size": 4, "attack_eval.panels": 1}
@@ -145,7 +146,7 @@ def test_glaucoma_attack_reports_vcdr_and_screening_flips(tmp_path: Path):
 
 
 def test_robustness_rows_flag_dice_rising_with_the_budget():
-    from lightning_seg.robustness import flag_monotone, robustness_table
+    from lightning_seg.evaluation.robustness import flag_monotone, robustness_table
 
     def row(attack, eps, dice):
         return {"checkpoint": "a/best", "attack": attack, "eps": eps, "eps_255": eps * 255, "dice_lesion": dice, "dice": dice, "iou": dice}

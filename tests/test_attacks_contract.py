@@ -29,8 +29,8 @@ from lightning_seg.attacks import (
     universal_attack,
     universal_perturbation,
 )
-from lightning_seg.attacks.testing import PixelLinear
 from lightning_seg.registry import UnknownNameError
+from tests.helpers.toy_models import PixelLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -431,7 +431,7 @@ def test_paper_ordering_ssm_asm_asma():
     IoU SSM < ASM <= ASMA and L2 ASMA <= ASM; SSM also needs a far larger perturbation.
     Measured: IoU 0.12 / 0.982 / 0.995, L2 25.8 / 1.89 / 1.77."""
     from lightning_seg.attacks import asm, ssm
-    from lightning_seg.attacks.testing import SmallUNet, synthetic_disks, train_quick
+    from tests.helpers.toy_models import SmallUNet, synthetic_disks, train_quick
 
     torch.manual_seed(0)
     model = train_quick(SmallUNet(c=8), 32, steps=80)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_seg.attacks import asm, asma, cospgd, dag, fgsm, pgd, segpgd, ssm
-from lightning_seg.attacks.testing import PixelLinear, minimal_norms
+from tests.helpers.toy_models import PixelLinear, minimal_norms
 
 W = torch.tensor([1.0, -0.8, 0.6])
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from datamodules.layouts import (
+from lightning_seg.datamodules.layouts import (
     DataError,
     DataProblem,
     check_records,
@@ -17,7 +16,8 @@ from datamodules.layouts import (
     format_problems,
     load_pair,
 )
-from datamodules.layouts.fake_trees import (
+
+from tests.helpers.fake_trees import (
     corrupt_random_bytes,
     corrupt_truncate,
     make_generic_tree,
@@ -196,7 +196,7 @@ def test_long_problem_lists_are_summarised() -> None:
 def test_check_records_survives_unexpected_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = make_generic_tree(tmp_path, n=2)
     records = discover_isic(tmp_path).records
-    import datamodules.layouts.checks as checks
+    import lightning_seg.datamodules.layouts.checks as checks
 
     def boom(record, task, *, soft_threshold="majority"):
         if record.key == tree.keys[0]:

@@ -5,24 +5,21 @@ import math
 import pytest
 import torch
 
-from lightning_seg.clinical import (
+from lightning_seg.evaluation.clinical import clinical_report, concat_reports, summarize_clinical
+from lightning_seg.metrics.clinical import (
     PERIMETER_BIAS,
     area,
     asymmetry,
     asymmetry_score,
     centroid,
     centroid_shift,
-    clinical_report,
     compactness,
-    concat_reports,
     perimeter,
     relative_area_change,
     screening_flips,
-    summarize_clinical,
     vcdr,
     vertical_diameter,
 )
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,15 +8,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning_seg.callbacks.adversarial_validation import AdversarialValidation
 
-from callbacks.adversarial_validation import AdversarialValidation
-from lightning_seg.adversarial import PerImageMeans, attack_batch, build_named_attack, metric_keys
-from lightning_seg.clinical import CALLBACK_KEYS, callback_values, target_flip_shares, vcdr
+from lightning_seg.attacks.config import build_named_attack
 from lightning_seg.config import compose
-from lightning_seg.lit_module import SegmentationModule
+from lightning_seg.evaluation.batch_attack import attack_batch, metric_keys
+from lightning_seg.evaluation.clinical import CALLBACK_KEYS, callback_values, target_flip_shares
+from lightning_seg.metrics.clinical import vcdr
+from lightning_seg.metrics.per_image_means import PerImageMeans
 from lightning_seg.models import build_model
 from lightning_seg.tasks import get_task
-from lightning_seg.train import build_datamodule_from
+from lightning_seg.training.module import SegmentationModule
+from lightning_seg.training.trainer import build_datamodule_from
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -98,7 +101,7 @@ def test_callback_logs_clinical_readouts_for_glaucoma(tiny, tmp_path: Path):
 
 
 def test_summary_normal_to_suspect_share_among_clean_normal_images():
-    from lightning_seg.clinical import clinical_report, summarize_clinical
+    from lightning_seg.evaluation.clinical import clinical_report, summarize_clinical
 
     gt = torch.stack([optic((10, 20))] * 3)
     clean = torch.stack([optic((10, 20)), optic((10, 20)), optic((8, 23))])  # 0.5, 0.5, 0.75 (already suspect)

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import torch
+from lightning_seg.datamodules import build_datamodule
+from lightning_seg.datamodules.sampling import EpochSampler
 from torch.utils.data import DataLoader
-
-from datamodules import build_datamodule
-from datamodules.sampling import EpochSampler
 
 
 def test_eval_sampler_splits_ranks_without_padding_and_train_pads():
@@ -41,8 +40,8 @@ def test_augmentation_is_per_sample_and_independent_of_worker_count():
 
 def test_two_workers_do_not_augment_identically():
     """REFERENCE 8.6 trap: a forked Compose RNG makes workers 0 and 1 augment identically."""
-    from datamodules.base import PairDataset, Source
-    from datamodules.synthetic import synth_isic
+    from lightning_seg.datamodules.base import PairDataset, Source
+    from lightning_seg.datamodules.synthetic import synth_isic
 
     pair = synth_isic(0, size=32)
     source = Source([f"same_{i}" for i in range(8)], lambda i: pair)  # eight copies of one image

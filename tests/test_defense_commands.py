@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_seg.cli import compose_for, main
+from lightning_seg.cli import main
+from lightning_seg.commands.compose import compose_for
+from lightning_seg.commands.evaluate import evaluate
+from lightning_seg.commands.fit import adv_train, fit
 from lightning_seg.config import ConfigError, compose
 from lightning_seg.defenses import DefendedModel, FrequencyRefinement
-from lightning_seg.lit_module import load_module
-from lightning_seg.train import adv_train, evaluate, fit
+from lightning_seg.training.checkpoint import load_module
 
 
 # ----------------------------------------------------------------------------- config
@@ -51,7 +53,7 @@ def test_cli_reports_bad_defense_params(capsys: pytest.CaptureFixture[str]):
 # ----------------------------------------------------------------------------- commands
 @pytest.mark.slow
 def test_fit_behind_fr_callback_attacks_the_defended_model(tiny, monkeypatch: pytest.MonkeyPatch):
-    import callbacks.adversarial_validation as cb
+    import lightning_seg.callbacks.adversarial_validation as cb
 
     seen: list[type] = []
     real = cb.attack_batch
@@ -86,7 +88,7 @@ def test_fit_behind_fr_callback_attacks_the_defended_model(tiny, monkeypatch: py
 
 @pytest.mark.slow
 def test_adv_train_hook_attacks_the_defended_model(tiny, monkeypatch: pytest.MonkeyPatch):
-    from lightning_seg.adv_training import AdversarialTrainingHook
+    from lightning_seg.training.adversarial_hook import AdversarialTrainingHook
 
     seen: list[type] = []
     real = AdversarialTrainingHook.__call__

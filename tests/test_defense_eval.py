@@ -12,7 +12,8 @@ import torch
 
 from lightning_seg.attacks import build_attack
 from lightning_seg.config import compose, defense_section
-from lightning_seg.defense_eval import (
+from lightning_seg.defenses import DefendedModel, build_defense
+from lightning_seg.evaluation.defense_report import (
     BASELINE,
     OBLIVIOUS,
     budget_sweep,
@@ -25,8 +26,7 @@ from lightning_seg.defense_eval import (
     score_row,
     unbounded_dice,
 )
-from lightning_seg.defenses import DefendedModel, build_defense
-from lightning_seg.metrics import per_image_dice
+from lightning_seg.metrics.segmentation import per_image_dice
 
 # A tiny U-Net that actually segments (val Dice ~0.92 in ~5 s): the 1-2 epoch fixtures elsewhere predict a constant mask,
 # on which no attack can move Dice and the sanity checks would be vacuous.
@@ -36,9 +36,10 @@ TRAINED = {"trainer.max_epochs": 8, "data.num_train": 64, "optim.lr": 0.01, "dat
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    from lightning_seg.attack_run import _load_split
-    from lightning_seg.lit_module import load_module
-    from lightning_seg.train import build_datamodule_from, fit
+    from lightning_seg.commands.attack import _load_split
+    from lightning_seg.commands.fit import fit
+    from lightning_seg.training.checkpoint import load_module
+    from lightning_seg.training.trainer import build_datamodule_from
     from tests.conftest import tiny_overrides
 
     n = torch.get_num_threads()
@@ -137,8 +138,8 @@ def test_report_rows_and_threat_models(trained):
 
 # ----------------------------------------------------------------------------- the attack command
 def test_attack_command_writes_defense_report(trained):
-    from lightning_seg.attack_run import attack
     from lightning_seg.cli import compose_for
+    from lightning_seg.commands.attack import attack
 
     root, *_ = trained
     overrides = [f"run.output_dir={root}", "attack=[asma,pgd]", "attack_eval.defenses=[fr,jpeg]", "logger=none",
@@ -160,7 +161,7 @@ def test_attack_command_writes_defense_report(trained):
 
 
 def test_defenses_without_attacks_fail_clearly(trained):
-    from lightning_seg.attack_run import attack
+    from lightning_seg.commands.attack import attack
 
     root, *_ = trained
     cfg = compose([f"run.output_dir={root}", "attack_eval.defenses=[fr]", "logger=none"])

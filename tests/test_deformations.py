@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_seg.deformations import (
+from lightning_seg.attacks.deformations import (
     SmoothTransform,
     TransformConfig,
     bilinear_sample,
@@ -17,7 +17,6 @@ from lightning_seg.deformations import (
     sample_random_transform,
     ssim,
 )
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lightning_seg.datamodules import build_datamodule
+from lightning_seg.datamodules.layouts import DataError
 
-from datamodules import build_datamodule
-from datamodules.layouts import DataError
-from datamodules.layouts.fake_trees import corrupt_truncate, make_isic_tree, make_refuge_tree, remove_file, write_resized
 from lightning_seg.cli import main
+from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
-from lightning_seg.train import fit
+from tests.helpers.fake_trees import corrupt_truncate, make_isic_tree, make_refuge_tree, remove_file, write_resized
 
 
 def _isic_tree(root: Path):

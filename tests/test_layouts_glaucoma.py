@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lightning_seg.datamodules.layouts import DataError, check_records, discover_glaucoma, load_pair
 
-from datamodules.layouts import DataError, check_records, discover_glaucoma, load_pair
-from datamodules.layouts.fake_trees import (
+from tests.helpers.fake_trees import (
     fake_disc_cup,
     fake_image,
     make_drishti_tree,

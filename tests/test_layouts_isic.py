@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lightning_seg.datamodules.layouts import DataError, PairRecord, check_records, discover_isic, load_pair
 
-from datamodules.layouts import DataError, PairRecord, check_records, discover_isic, load_pair
-from datamodules.layouts.fake_trees import (
+from tests.helpers.fake_trees import (
     fake_image,
     fake_lesion,
     fake_size,

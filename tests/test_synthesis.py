@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_seg.attacks.deformations import TransformConfig
 from lightning_seg.attacks.synthesis import SynthesisAttack, hard_dice, soft_dice, synthesis_attack
-from lightning_seg.deformations import TransformConfig
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_seg.attack_run import attack
 from lightning_seg.cli import compose_for
+from lightning_seg.commands.attack import attack
+from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
-from lightning_seg.synthesis_eval import shift_dice, shift_table
-from lightning_seg.train import fit
+from lightning_seg.evaluation.shift import shift_dice, shift_table
 
 pytestmark = pytest.mark.slow  # a tiny fit + the attack command: about a minute on a loaded 2-core machine
 
@@ -51,9 +51,9 @@ def test_attack_command_reports_synthesis_against_deformed_labels(trained):
 
 
 def test_shift_dice_clean_level_matches_plain_dice_and_degrades(trained):
-    from lightning_seg.lit_module import load_module
-    from lightning_seg.metrics import per_image_dice
-    from lightning_seg.train import build_datamodule_from
+    from lightning_seg.metrics.segmentation import per_image_dice
+    from lightning_seg.training.checkpoint import load_module
+    from lightning_seg.training.trainer import build_datamodule_from
 
     root, fitted = trained
     module = load_module(fitted["last_checkpoint"])
@@ -72,7 +72,7 @@ def test_shift_dice_clean_level_matches_plain_dice_and_degrades(trained):
 
 
 def test_mean_over_seeds_groups_by_name_with_sample_sd():
-    from lightning_seg.synthesis_eval import mean_over_seeds
+    from lightning_seg.evaluation.shift import mean_over_seeds
 
     row = lambda level, d, cup: {"level": level, "dice_disc": d, "dice_cup": cup, "dice": (d + cup) / 2}  # noqa: E731
     results = {"std:0": [row("clean", 0.9, 0.7), row("bias 0.6", 0.8, 0.6)],

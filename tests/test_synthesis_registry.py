@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from lightning_seg.adv_training import AdversarialTrainingHook
-from lightning_seg.adversarial import bind_task
 from lightning_seg.attacks import AttackResult, build_attack
+from lightning_seg.attacks.config import bind_task
+from lightning_seg.attacks.deformations import TransformConfig, integrate_velocity, sample_random_transform
 from lightning_seg.attacks.synthesis import random_synthesis, synthesis_records, synthesis_summary, transform_config
-from lightning_seg.deformations import TransformConfig, integrate_velocity, sample_random_transform
-from lightning_seg.metrics import per_image_dice
+from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.models import build_model
 from lightning_seg.tasks import get_task
+from lightning_seg.training.adversarial_hook import AdversarialTrainingHook
 from tests.test_synthesis import ThresholdNet, disks
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -113,7 +113,7 @@ def test_training_hook_synthesis_returns_deformed_labels_and_keeps_bn_clean():
 def test_held_out_levels_reach_their_stated_magnitudes():
     """Each LEVELS entry must shift as much as its name says: a pixel bound that never binds (velocity radius too small)
     would make "morph 12px" a copy of "morph 9px" and the stronger held-out test meaningless."""
-    from lightning_seg.synthesis_eval import LEVELS
+    from lightning_seg.evaluation.shift import LEVELS
 
     x = torch.rand(16, 3, 96, 96)
     for name, budget in LEVELS.items():
@@ -155,7 +155,7 @@ def test_training_hook_random_bias_optimises_the_deformation_and_draws_the_bias(
 
 def test_module_binds_the_reporting_dice_structures_to_the_synthesis_hook():
     """The AT hook's synthesis aims its Dice drop at the reported Dice (glaucoma: disc = rim + cup, cup)."""
-    from lightning_seg.lit_module import SegmentationModule
+    from lightning_seg.training.module import SegmentationModule
 
     module = SegmentationModule(task="disc_cup", model={"name": "unet", "width": 4, "depth": 2},
                                 adv_train={"enabled": True, "attack": "synthesis"})

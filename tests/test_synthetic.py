@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
-from datamodules.synthetic import (
+from lightning_seg.datamodules.synthetic import (
     _draw_fundus,
     _draw_isic,
     fundus_vcdr_from_mask,
@@ -21,7 +19,9 @@ from datamodules.synthetic import (
     synth_isic,
     synth_isic_params,
 )
-from lightning_seg.visualize import mask_contour, preview_grid
+from scipy import ndimage
+
+from lightning_seg.viz.preview import mask_contour, preview_grid
 
 SIZES = (64, 128, 256)
 
@@ -334,7 +334,7 @@ def test_mask_contour_of_a_square():
 
 
 def test_isic_contrast_option_fades_the_lesion_only():
-    from datamodules.synthetic import synth_isic
+    from lightning_seg.datamodules.synthetic import synth_isic
 
     img, mask = synth_isic(3, seed=0, size=48, contrast=(1.0, 1.0))
     faint, faint_mask = synth_isic(3, seed=0, size=48, contrast=(0.3, 0.3))
@@ -347,7 +347,7 @@ def test_isic_contrast_option_fades_the_lesion_only():
 
 
 def test_isic_contrast_reaches_the_generator_through_data_options():
-    from datamodules import build_datamodule
+    from lightning_seg.datamodules import build_datamodule
 
     dm = build_datamodule("isic", image_size=32, num_train=2, num_val=1, num_test=1, options={"contrast": [0.3, 0.3]})
     dm.setup()

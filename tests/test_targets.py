@@ -9,8 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lightning_seg.registry import UnknownNameError
-from lightning_seg.targets import (
+from lightning_seg.attacks.targets import (
     TARGETS,
     cup_enlarge,
     cup_shrink,
@@ -24,6 +23,7 @@ from lightning_seg.targets import (
     shift,
     vcdr,
 )
+from lightning_seg.registry import UnknownNameError
 
 H = W = 64
 

@@ -11,11 +11,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_seg.cli import compose_for, main
+from lightning_seg.cli import main
+from lightning_seg.commands.compose import compose_for
+from lightning_seg.commands.evaluate import evaluate
+from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
-from lightning_seg.lit_module import load_module
 from lightning_seg.runs import NoRunError
-from lightning_seg.train import evaluate, fit
+from lightning_seg.training.checkpoint import load_module
 
 from .conftest import ROOT
 

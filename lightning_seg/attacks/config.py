@@ -33,6 +33,7 @@ from lightning_seg.attacks.segpgd import segpgd
 from lightning_seg.attacks.synthesis import synthesis
 from lightning_seg.attacks.universal import UniversalPerturbation, universal_attack, universal_perturbation
 from lightning_seg.registry import Registry
+from lightning_seg.tasks import Task
 
 
 class _Parse:
@@ -333,3 +334,26 @@ __all__ = [
     "PgdConfig", "SegPgdConfig", "SsmConfig", "SynthesisConfig", "UniversalAttack", "UpConfig", "build_attack",
     "normalize_fraction_overrides",
 ]
+
+
+def build_named_attack(name: str, sections: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    """An attack from a key of the config's ``attack`` section (e.g. ``asma_paper``) or a registered name."""
+    params = dict((sections or {}).get(name, {}))
+    registered = params.pop("name", name)
+    params.update(overrides)
+    return build_attack(registered, **params)
+
+
+
+def bind_task(attack: Any, task: Task) -> Any:
+    """Give an attack that scores Dice itself (synthesis: ``structures`` = None) the task's structures, so that its
+    Dice is the project's reporting Dice (glaucoma: disc = {rim, cup} and cup, REFERENCE 1.1)."""
+    config = getattr(attack, "config", None)
+    if config is not None and hasattr(config, "structures") and config.structures is None:
+        config.structures = [list(ids) for _, ids in task.structures]
+    return attack
+
+
+
+def is_targeted(attack: Any) -> bool:
+    return bool(getattr(attack, "targeted", getattr(attack.config, "targeted", True)))

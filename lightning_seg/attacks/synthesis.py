@@ -42,14 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.attacks.measure import class_map, per_image_iou, pixel_accuracy
-from lightning_seg.attacks.result import AttackResult
-from lightning_seg.deformations import (
+from lightning_seg.attacks.deformations import (
     SmoothTransform,
     TransformConfig,
     identity_transform,
     sample_random_transform,
 )
+from lightning_seg.attacks.measure import class_map, per_image_iou, pixel_accuracy
+from lightning_seg.attacks.result import AttackResult
 
 __all__ = ["SynthesisResult", "SynthesisAttack", "synthesis", "synthesis_attack", "synthesis_records", "synthesis_summary",
            "transform_config", "TRANSFORM_KEYS", "random_synthesis", "hard_dice",

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_seg.adversarial import build_named_attack
 from lightning_seg.attacks import per_image_iou
-from lightning_seg.defense_eval import check_monotone
+from lightning_seg.attacks.config import build_named_attack
+from lightning_seg.evaluation.defense_report import check_monotone
 from lightning_seg.io import atomic_write
-from lightning_seg.lit_module import load_module
-from lightning_seg.metrics import per_image_dice
+from lightning_seg.metrics.segmentation import per_image_dice
+from lightning_seg.training.checkpoint import load_module
 
 
 def robustness_sweep(checkpoints: list[Path], images: Tensor, labels: Tensor, *, eps_values: list[float], attacks: list[str],

@@ -10,36 +10,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from lightning_seg.attacks import AttackResult, build_attack
-from lightning_seg.clinical import CALLBACK_KEYS, CLINICAL_TASK, callback_values
-from lightning_seg.metrics import per_image_dice
-from lightning_seg.targets import make_target
+from lightning_seg.attacks.config import is_targeted
+from lightning_seg.attacks.targets import make_target
+from lightning_seg.evaluation.clinical import CALLBACK_KEYS, callback_values
+from lightning_seg.metrics.clinical import CLINICAL_TASK
+from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 
 BASE_KEYS = ("success", "iou", "pixel_acc", "l2", "linf")
-
-
-def build_named_attack(name: str, sections: dict[str, Any] | None = None, **overrides: Any) -> Any:
-    """An attack from a key of the config's ``attack`` section (e.g. ``asma_paper``) or a registered name."""
-    params = dict((sections or {}).get(name, {}))
-    registered = params.pop("name", name)
-    params.update(overrides)
-    return build_attack(registered, **params)
-
-
-def bind_task(attack: Any, task: Task) -> Any:
-    """Give an attack that scores Dice itself (synthesis: ``structures`` = None) the task's structures, so that its
-    Dice is the project's reporting Dice (glaucoma: disc = {rim, cup} and cup, REFERENCE 1.1)."""
-    config = getattr(attack, "config", None)
-    if config is not None and hasattr(config, "structures") and config.structures is None:
-        config.structures = [list(ids) for _, ids in task.structures]
-    return attack
-
-
-def is_targeted(attack: Any) -> bool:
-    return bool(getattr(attack, "targeted", getattr(attack.config, "targeted", True)))
 
 
 def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, task: Task, target: str,
@@ -92,34 +72,3 @@ def sweep_batch(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_
     return out
 
 
-class PerImageMeans(Metric):
-    """Means over images of per-image values, as sums and counts: exact under DDP whatever the number of
-    batches per rank (``compute()`` all-reduces the sums; every rank must call it). NaN values (undefined
-    read-outs, e.g. the compactness of an empty prediction) are skipped: each key has its own count of
-    defined values; a key with none gives NaN. ``images`` counts all images."""
-
-    full_state_update = False
-
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        super().__init__()
-        self.keys = keys
-        for k in keys:
-            self.add_state(f"sum_{k}", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"n_{k}", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, values: dict[str, Tensor]) -> None:  # type: ignore[override]
-        for k in self.keys:
-            v = values[k].double()
-            defined = ~torch.isnan(v)
-            setattr(self, f"sum_{k}", getattr(self, f"sum_{k}") + torch.where(defined, v, torch.zeros_like(v)).sum())
-            setattr(self, f"n_{k}", getattr(self, f"n_{k}") + defined.sum())
-        self.count += values[self.keys[0]].numel()
-
-    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        out = {}
-        for k in self.keys:
-            n = getattr(self, f"n_{k}")
-            mean = getattr(self, f"sum_{k}") / n.clamp_min(1)
-            out[k] = torch.where(n > 0, mean, torch.full_like(mean, float("nan"))).float()
-        return out | {"images": self.count.float()}

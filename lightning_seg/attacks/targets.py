@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_seg.clinical import vcdr, vertical_diameter
+from lightning_seg.metrics.clinical import vcdr, vertical_diameter
 from lightning_seg.registry import Registry
 
 TARGETS: Registry[Tensor] = Registry("target")

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from lightning_seg.defenses import DefendedModel, defend
-from lightning_seg.losses import DiceCELoss
-from lightning_seg.metrics import StructureMetrics
+from lightning_seg.metrics.segmentation import StructureMetrics
 from lightning_seg.models import build_model, center_crop
 from lightning_seg.tasks import get_task
+from lightning_seg.training.loss import DiceCELoss
 
 
 class SegmentationModule(pl.LightningModule):
@@ -37,8 +37,8 @@ class SegmentationModule(pl.LightningModule):
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the prefix.
         self.adv_hook = None
         if adv_train and adv_train.get("enabled"):
-            from lightning_seg.adv_training import AdversarialTrainingHook
-            from lightning_seg.adversarial import bind_task
+            from lightning_seg.attacks.config import bind_task
+            from lightning_seg.training.adversarial_hook import AdversarialTrainingHook
 
             self.adv_hook = AdversarialTrainingHook(**adv_train)
             if self.adv_hook.attack is not None:  # synthesis: its Dice drop is the reporting Dice (disc = rim + cup)
@@ -151,17 +151,3 @@ def _align_net_keys(state_dict: Any, own: set[str]) -> Any:
     return out
 
 
-def load_module(path: str, map_location: str | torch.device = "cpu", defense: Any = "checkpoint") -> SegmentationModule:
-    """Load a checkpoint written by ``fit`` safely (``weights_only=True``: no arbitrary unpickling).
-
-    ``defense``: ``"checkpoint"`` keeps the defense the model was trained behind; a defense config section
-    (plain mapping, ``None`` = bare network) puts the weights behind that defense instead."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a lightning_seg checkpoint (no hyper_parameters/state_dict)")
-    hparams = dict(ckpt["hyper_parameters"])
-    if not isinstance(defense, str):
-        hparams["defense"] = defense
-    module = SegmentationModule(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval()

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.adversarial import build_named_attack, is_targeted
 from lightning_seg.attacks import apsr, per_image_iou
+from lightning_seg.attacks.config import build_named_attack, is_targeted
 from lightning_seg.defenses import DefendedModel, defense_from_config
-from lightning_seg.metrics import per_image_dice
+from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 
 BASELINE = "none (no defense)"

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.deformations import TransformConfig, sample_random_transform
-from lightning_seg.metrics import per_image_dice
+from lightning_seg.attacks.deformations import TransformConfig, sample_random_transform
+from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 
 # name -> budgets; morph: max displacement in px (velocity ||v||_2 <= 1.5 as AdvChain, then the pixel bound); bias:

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_seg.attack_run import attack
-from lightning_seg.cli import compose_for
+from lightning_seg.commands.attack import attack
+from lightning_seg.commands.compose import compose_for
+from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
 from lightning_seg.io import write_json, write_text
-from lightning_seg.lit_module import load_module
-from lightning_seg.panels import save_png
 from lightning_seg.runs import new_run_dir
-from lightning_seg.train import build_datamodule_from, fit, load_checkpoint_config
-from lightning_seg.visualize import preview_grid
+from lightning_seg.training.checkpoint import load_checkpoint_config, load_module
+from lightning_seg.training.trainer import build_datamodule_from
+from lightning_seg.viz.panels import save_png
+from lightning_seg.viz.preview import preview_grid
 
 DATASETS = ("isic", "glaucoma")
 

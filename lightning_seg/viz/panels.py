@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 from torch import Tensor
@@ -59,3 +61,14 @@ def save_png(array: np.ndarray, path) -> None:
 
 
 __all__ = ["COLUMNS", "PALETTE", "amplify", "attack_panel", "colorize", "save_png", "to_uint8"]
+
+
+def save_panels(name: str, adv: Tensor, pred: Tensor, iou: Tensor, images: Tensor, reference: Tensor, n: int, run_dir: Path,
+            keys: list[str]) -> list[Path]:
+    paths = []
+    for i in range(min(n, len(adv))):
+        panel = attack_panel(images[i], reference[i], adv[i], pred[i], title=f"{name} | {keys[i]} | IoU {float(iou[i]):.3f}")
+        path = run_dir / "panels" / f"{name}_{i:03d}.png"
+        save_png(panel, path)
+        paths.append(path)
+    return paths

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from lightning_seg.datamodules.layouts.isic import ISIC_FOLDERS
 from PIL import Image
-
-from .isic import ISIC_FOLDERS
 
 
 @dataclass

@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.adversarial import build_named_attack, is_targeted
-from lightning_seg.attacks.config import SynthesisConfig
+from lightning_seg.attacks.config import SynthesisConfig, build_named_attack, is_targeted
 from lightning_seg.attacks.synthesis import TRANSFORM_KEYS, random_synthesis, transform_config
-from lightning_seg.targets import make_target
+from lightning_seg.attacks.targets import make_target
 
 PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm")
 # Training defaults of the synthesis augmentation: cheaper than the evaluation attack (3 steps + 3 bisection steps),

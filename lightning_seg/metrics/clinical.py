@@ -37,13 +37,10 @@ __all__ = [
     "compactness",
     "asymmetry",
     "asymmetry_score",
-    "clinical_report",
-    "summarize_clinical",
-    "concat_reports",
-    "target_flip_shares",
     "CLINICAL_TASK",
-    "CALLBACK_KEYS",
-    "callback_values",
+    "GLAUCOMA_TASKS",
+    "SHAPE_TASKS",
+    "check_masks",
 ]
 
 GLAUCOMA_TASKS = ("disc_cup", "glaucoma")
@@ -52,7 +49,7 @@ SHAPE_TASKS = ("isic", "disc")
 CLINICAL_TASK = {"lesion": "isic", "disc": "disc", "disc_cup": "disc_cup"}
 
 
-def _check(masks: Tensor, name: str = "masks") -> None:
+def check_masks(masks: Tensor, name: str = "masks") -> None:
     if masks.dim() != 3:
         raise ValueError(f"{name} must be a class-index map [B,H,W], got shape {tuple(masks.shape)}")
 
@@ -62,13 +59,13 @@ def _check(masks: Tensor, name: str = "masks") -> None:
 
 def vertical_diameter(binary: Tensor) -> Tensor:
     """D(M) = max over image columns of the number of mask pixels in the column -> float [B]."""
-    _check(binary, "binary")
+    check_masks(binary, "binary")
     return binary.to(torch.float32).sum(dim=1).amax(dim=-1)
 
 
 def vcdr(masks: Tensor) -> Tensor:
     """vCDR = D(cup) / (D(disc) + 1e-7) [B] for {0 bg, 1 rim, 2 cup}: disc = mask >= 1, cup = mask == 2."""
-    _check(masks)
+    check_masks(masks)
     return vertical_diameter(masks == 2) / (vertical_diameter(masks >= 1) + 1e-7)
 
 
@@ -104,7 +101,7 @@ def screening_flips(
 
 def area(binary: Tensor) -> Tensor:
     """Pixel count [B] (float)."""
-    _check(binary, "binary")
+    check_masks(binary, "binary")
     return binary.to(torch.float32).flatten(1).sum(1)
 
 
@@ -118,7 +115,7 @@ def relative_area_change(ref: Tensor, new: Tensor) -> Tensor:
 
 def centroid(binary: Tensor) -> Tensor:
     """Centroid [B,2] (row, col) in pixels; NaN for an empty mask."""
-    _check(binary, "binary")
+    check_masks(binary, "binary")
     m = binary.to(torch.float32)
     h, w = m.shape[-2:]
     ys = torch.arange(h, device=m.device, dtype=m.dtype).view(1, h, 1)
@@ -163,7 +160,7 @@ def perimeter(binary: Tensor, corrected: bool = True) -> Tensor:
 
     ``corrected=False`` returns the raw polygon length.
     """
-    _check(binary, "binary")
+    check_masks(binary, "binary")
     table = torch.tensor(_CELL_LENGTH, device=binary.device, dtype=torch.float32)
     length = table[_cell_codes(binary)].flatten(1).sum(1)
     return length / PERIMETER_BIAS if corrected else length
@@ -171,7 +168,7 @@ def perimeter(binary: Tensor, corrected: bool = True) -> Tensor:
 
 def polygon_area(binary: Tensor) -> Tensor:
     """Area [B] enclosed by the marching-squares contour (pixel count minus 1/8 per convex corner ...)."""
-    _check(binary, "binary")
+    check_masks(binary, "binary")
     table = torch.tensor(_CELL_AREA, device=binary.device, dtype=torch.float32)
     return table[_cell_codes(binary)].flatten(1).sum(1)
 
@@ -196,7 +193,7 @@ def asymmetry(binary: Tensor) -> Tensor:
     neighbour (outside the image = background). Discretisation gives a small positive floor
     for symmetric shapes (about boundary length / area). NaN for an empty mask.
     """
-    _check(binary, "binary")
+    check_masks(binary, "binary")
     m = binary.to(torch.float32)
     b, h, w = m.shape
     ys = torch.arange(h, device=m.device, dtype=m.dtype).view(1, h, 1).expand(1, h, w)
@@ -237,149 +234,5 @@ def asymmetry_score(binary: Tensor, threshold: float = 0.1) -> Tensor:
 # ----------------------------------------------------------------------------- reports
 
 
-def _shape_readouts(prefix: str, binary: Tensor, asym_threshold: float) -> dict[str, Tensor]:
-    asym = asymmetry(binary)
-    score = (asym > asym_threshold).float().sum(1)
-    return {
-        f"area_{prefix}": area(binary),
-        f"perimeter_{prefix}": perimeter(binary),
-        f"compactness_{prefix}": compactness(binary),
-        f"asym1_{prefix}": asym[:, 0],
-        f"asym2_{prefix}": asym[:, 1],
-        f"asym_score_{prefix}": torch.where(torch.isnan(asym[:, 0]), torch.full_like(score, float("nan")), score),
-    }
 
 
-def clinical_report(
-    task: str,
-    gt: Tensor,
-    clean_pred: Tensor,
-    adv_pred: Tensor,
-    *,
-    thresholds: tuple[float, ...] = (0.6, 0.7),
-    asym_threshold: float = 0.1,
-) -> dict[str, Tensor]:
-    """Per-image clinical read-outs (every value [B]) for ground truth, clean and adversarial predictions.
-
-    task "disc_cup" / "glaucoma" ({0 bg, 1 rim, 2 cup}): ``vcdr_gt``, ``vcdr_clean``,
-    ``vcdr_adv``, ``dvcdr`` (adv - clean), ``abs_err_clean`` / ``abs_err_adv`` (vs gt) and per
-    threshold t the 0/1 flags ``n2s@t`` / ``s2n@t`` of clean -> adv screening flips.
-    task "isic" / "disc" (foreground = mask >= 1): area, perimeter, compactness, asym1,
-    asym2, asym_score for ``gt``, ``clean`` and ``adv``, plus ``rel_area_change``,
-    ``centroid_shift_px`` and ``centroid_shift_rel`` of adv vs clean.
-    Use :func:`summarize_clinical` for the aggregate (flip shares = means of the flags).
-    """
-    for name, t in (("gt", gt), ("clean_pred", clean_pred), ("adv_pred", adv_pred)):
-        _check(t, name)
-    if not (gt.shape == clean_pred.shape == adv_pred.shape):
-        raise ValueError(
-            f"gt {tuple(gt.shape)}, clean_pred {tuple(clean_pred.shape)} and adv_pred {tuple(adv_pred.shape)} must match"
-        )
-    key = task.lower()
-    if key in GLAUCOMA_TASKS:
-        v_gt, v_clean, v_adv = vcdr(gt), vcdr(clean_pred), vcdr(adv_pred)
-        out = {
-            "vcdr_gt": v_gt,
-            "vcdr_clean": v_clean,
-            "vcdr_adv": v_adv,
-            "dvcdr": v_adv - v_clean,
-            "abs_err_clean": (v_clean - v_gt).abs(),
-            "abs_err_adv": (v_adv - v_gt).abs(),
-        }
-        for t in thresholds:
-            a, b = screening_labels(v_clean, t), screening_labels(v_adv, t)
-            out[f"n2s@{t:g}"] = (~a & b).float()
-            out[f"s2n@{t:g}"] = (a & ~b).float()
-        return out
-    if key in SHAPE_TASKS:
-        fg = [m >= 1 for m in (gt, clean_pred, adv_pred)]
-        out = {}
-        for prefix, m in zip(("gt", "clean", "adv"), fg):
-            out.update(_shape_readouts(prefix, m, asym_threshold))
-        shift_px, shift_rel = centroid_shift(fg[1], fg[2])
-        out["rel_area_change"] = relative_area_change(fg[1], fg[2])
-        out["centroid_shift_px"] = shift_px
-        out["centroid_shift_rel"] = shift_rel
-        return out
-    raise ValueError(f"Unknown task {task!r} for clinical_report; use one of {GLAUCOMA_TASKS + SHAPE_TASKS}")
-
-
-def concat_reports(reports: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Concatenate per-image reports of several batches (e.g. across a validation epoch)."""
-    if not reports:
-        return {}
-    return {k: torch.cat([r[k].reshape(-1) for r in reports]) for k in reports[0]}
-
-
-_MAYBE_UNDEFINED = ("compactness", "asym", "rel_area_change", "centroid_shift")
-
-
-def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Aggregate a per-image report into scalars: nan-mean per key, ``n_<key>`` = defined values
-    for the keys that can be NaN (compactness, asymmetry, relative area change, centroid shift).
-
-    For glaucoma reports the means of the ``n2s@t`` / ``s2n@t`` flags are the flip shares;
-    ``flip@t`` (their sum) and ``mean_abs_dvcdr`` are added.
-    """
-    out: dict[str, Tensor] = {}
-    for k, v in report.items():
-        v = v.float()
-        defined = ~torch.isnan(v)
-        out[k] = torch.nanmean(v) if v.numel() else torch.tensor(float("nan"))
-        if k.startswith(_MAYBE_UNDEFINED):  # fixed key set, so logged keys do not vary per batch
-            out[f"n_{k}"] = defined.sum().float()
-    for k in list(out):
-        if k.startswith("n2s@"):
-            t = k[4:]
-            out[f"flip@{t}"] = out[k] + out[f"s2n@{t}"]
-    if "dvcdr" in report:
-        out["mean_abs_dvcdr"] = report["dvcdr"].abs().float().mean()
-    if "vcdr_clean" in report:  # normal -> suspect among the images that can flip that way (clean vCDR < t)
-        for k in list(out):
-            if k.startswith("n2s@"):
-                normal = report["vcdr_clean"] < float(k[4:])
-                n = normal.sum()
-                out[f"n2s_of_normal@{k[4:]}"] = torch.where(
-                    n > 0, (report[k].float() * normal).sum() / n.clamp_min(1), torch.tensor(float("nan")))
-    return out
-
-
-def target_flip_shares(task: str, clean_pred: Tensor, targets: Tensor,
-                       thresholds: tuple[float, ...] = (0.6, 0.7)) -> dict[str, Tensor]:
-    """Glaucoma: share of images whose screening label flips from the clean prediction to the attack's *target*
-    mask (``target_flip@t``), the upper bound of what a targeted attack can flip, and the normal -> suspect share
-    among clean-normal images (``target_n2s_of_normal@t``); {} for shape tasks."""
-    if task.lower() not in GLAUCOMA_TASKS:
-        return {}
-    v_clean, v_target = vcdr(clean_pred), vcdr(targets)
-    flips = screening_flips(v_clean, v_target, thresholds)
-    out = {f"target_flip@{t:g}": flips[f"flip@{t:g}"] for t in thresholds}
-    for t in thresholds:
-        normal = v_clean < t
-        out[f"target_n2s_of_normal@{t:g}"] = (normal & (v_target >= t)).float().sum() / normal.sum().clamp_min(1)
-    return out
-
-
-# Per-image read-outs for the validation callback (fixed key set per task, so DDP ranks log the same keys).
-CALLBACK_KEYS = {
-    "disc_cup": ("vcdr_gt", "vcdr_clean", "vcdr_adv", "flip@0.6", "flip@0.7"),
-    "isic": ("rel_area_change", "compactness_clean", "compactness_adv", "asym_clean", "asym_adv"),
-}
-CALLBACK_KEYS["glaucoma"] = CALLBACK_KEYS["disc_cup"]
-CALLBACK_KEYS["disc"] = CALLBACK_KEYS["isic"]
-
-
-def callback_values(task: str, gt: Tensor, clean_pred: Tensor, adv_pred: Tensor) -> dict[str, Tensor]:
-    """Per-image values [B] for :data:`CALLBACK_KEYS`: vCDR of gt / clean / adv and 0/1 screening flips (clean vs
-    adv) at 0.6 and 0.7 (glaucoma); relative area change, compactness and the asymmetry index (mean of the two
-    principal-axis A_k) clean / adv (shape tasks). NaN where undefined (e.g. empty masks)."""
-    key = task.lower()
-    r = clinical_report(key, gt, clean_pred, adv_pred)
-    if key in GLAUCOMA_TASKS:
-        out = {k: r[k] for k in ("vcdr_gt", "vcdr_clean", "vcdr_adv")}
-        for t in ("0.6", "0.7"):
-            out[f"flip@{t}"] = r[f"n2s@{t}"] + r[f"s2n@{t}"]
-        return out
-    return {"rel_area_change": r["rel_area_change"], "compactness_clean": r["compactness_clean"],
-            "compactness_adv": r["compactness_adv"], "asym_clean": 0.5 * (r["asym1_clean"] + r["asym2_clean"]),
-            "asym_adv": 0.5 * (r["asym1_adv"] + r["asym2_adv"])}
