@@ -25,14 +25,17 @@ from lightning_seg.attacks.config import (
     SsmConfig,
     UniversalAttack,
     UpConfig,
+    bind_task,
     build_attack,
+    build_named_attack,
+    is_targeted,
     normalize_fraction_overrides,
 )
 from lightning_seg.attacks.cospgd import cospgd
 from lightning_seg.attacks.dag import dag
 from lightning_seg.attacks.guard import AttackContext, attack_guard
 from lightning_seg.attacks.measure import apsr, binary_logits, l2_norm, linf_norm, per_image_iou, pixel_accuracy
-from lightning_seg.attacks.pgd import fgsm, pgd
+from lightning_seg.attacks.pgd import default_alpha, fgsm, pgd
 from lightning_seg.attacks.result import AttackResult
 from lightning_seg.attacks.segpgd import segpgd
 from lightning_seg.attacks.universal import (
@@ -64,9 +67,13 @@ __all__ = [
     "asma",
     "attack_guard",
     "binary_logits",
+    "bind_task",
     "build_attack",
+    "build_named_attack",
+    "is_targeted",
     "cospgd",
     "dag",
+    "default_alpha",
     "fgsm",
     "hide_class_target",
     "l2_norm",

@@ -28,6 +28,17 @@ from lightning_seg.attacks.result import AttackResult
 WeightFn = Callable[[Tensor, Tensor, int, int, bool], Tensor]
 
 
+def default_alpha(eps: float, steps: int) -> float:
+    """The PGD step size used wherever only a budget and a step count are given: ``2.5 * eps / steps``.
+
+    Madry et al. (2018) take a step of 2.5 eps / steps so that ``steps`` steps can cross the eps-ball from any
+    random start and still move along its boundary; the adversarial-training hook, the robustness sweeps and the
+    defense report all use this one rule."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return 2.5 * float(eps) / int(steps)
+
+
 def _random_start(x0: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
     if norm == "linf":
         u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
