@@ -1,11 +1,11 @@
 """Runs a registered attack on a bounded number of validation / test batches and logs ``val_adv/*``.
 
-Thin: the work is in :mod:`lightning_seg.adversarial`. Besides attack metrics it logs the clinical read-outs
+Thin: the work is in :mod:`lightning_seg.evaluation.batch_attack`. Besides attack metrics it logs the clinical read-outs
 ``val_adv/clin_*`` (vCDR gt / clean / adv and screening flips at 0.6 / 0.7 for glaucoma disc_cup; relative area
-change, compactness and asymmetry clean / adv for lesions), also as columns of the W&B per-image table. Metrics are summed per rank and all-reduced in
-``compute()``, which every rank calls (never behind a rank-zero check, REFERENCE 8.3); only the image
-panels and the per-image table are logged from rank 0. Needs ``Trainer(inference_mode=False)`` for
-``validate``/``test`` (every Trainer of this project is built that way).
+change, compactness and asymmetry clean / adv for lesions), also as columns of the W&B per-image table. Metrics are
+summed per rank and all-reduced in ``compute()``, which every rank calls (a collective: behind a rank-zero check the
+other ranks would wait forever); only the image panels and the per-image table are logged from rank 0. Needs
+``Trainer(inference_mode=False)`` for ``validate``/``test`` (every Trainer of this project is built that way).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_seg.attacks.config import bind_task, build_named_attack
+from lightning_seg.attacks import bind_task, build_named_attack
 from lightning_seg.evaluation.batch_attack import attack_batch, metric_keys, sweep_batch
 from lightning_seg.metrics.per_image_means import PerImageMeans
+from lightning_seg.tasks import Task
 
 
 class AdversarialValidation(Callback):
@@ -31,6 +32,7 @@ class AdversarialValidation(Callback):
         self.every_n_epochs, self.max_batches, self.log_images = every_n_epochs, max_batches, log_images
         self.eps_sweep, self.sweep_steps = tuple(float(e) for e in eps_sweep), sweep_steps
         self.attack = build_named_attack(attack, attack_sections)  # unknown names/keys fail before training
+        self.attack_sections = attack_sections  # the budget sweep's PGD takes its hyper-parameters from here too
         self.metric: PerImageMeans | None = None
         self._media: dict[str, Any] | None = None
 
@@ -53,7 +55,8 @@ class AdversarialValidation(Callback):
             if out is None:
                 return
             result, values = out
-            values |= sweep_batch(pl_module.net, images, labels, pl_module.task, self.eps_sweep, self.sweep_steps)
+            values |= sweep_batch(pl_module.net, images, labels, pl_module.task, self.eps_sweep, self.sweep_steps,
+                                  self.attack_sections)
         self.metric.update(values)
         if batch_idx == 0 and trainer.is_global_zero:
             n = self.log_images
@@ -73,7 +76,7 @@ class AdversarialValidation(Callback):
         self.metric.reset()
         pl_module.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
         if trainer.is_global_zero and self._media is not None:
-            _log_media(trainer, stage, self.attack_name, self._media, pl_module.task.num_classes)
+            _log_media(trainer, stage, self.attack_name, self._media, pl_module.task)
         self._media = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -83,22 +86,16 @@ class AdversarialValidation(Callback):
         self._flush(trainer, pl_module, "test_adv")
 
 
-def _log_media(trainer: pl.Trainer, stage: str, attack: str, media: dict[str, Any], num_classes: int) -> None:
+def _log_media(trainer: pl.Trainer, stage: str, attack: str, media: dict[str, Any], task: Task) -> None:
     """Panels with mask overlays and a per-image table, for W&B (other loggers: nothing)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from lightning_seg.viz.panels import to_uint8
+    from lightning_seg.evaluation.wandb_log import media_table, panel_media
 
-    for logger in trainer.loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        names = {0: "background", 1: "foreground" if num_classes == 2 else "rim", 2: "cup"}
-        images = [to_uint8(a) for a in media["adv"]]
-        masks = [{"adv_prediction": {"mask_data": p.numpy(), "class_labels": names},
-                  "ground_truth": {"mask_data": y.numpy(), "class_labels": names}} for p, y in zip(media["pred"], media["labels"])]
-        logger.log_image(key=f"{stage}/panels", images=images, masks=masks,
-                         caption=[f"{attack} {k}" for k in (media["keys"] or [""] * len(images))], step=trainer.global_step)
-        cols = ["image", *media["values"]]
-        rows = [[(media["keys"][i] if media["keys"] else str(i)), *(float(v[i]) for v in media["values"].values())]
-                for i in range(len(images))]
-        logger.log_table(key=f"{stage}/per_image", columns=cols, data=rows, step=trainer.global_step)
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not loggers:
+        return
+    panels, (cols, data) = panel_media(task, attack, media), media_table(media)
+    for logger in loggers:
+        logger.log_image(key=f"{stage}/panels", step=trainer.global_step, **panels)
+        logger.log_table(key=f"{stage}/per_image", columns=cols, data=data, step=trainer.global_step)

@@ -23,9 +23,13 @@ from lightning_seg.datamodules.sampling import EpochSampler
 from lightning_seg.datamodules.transforms import build_transform
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_seg.config import DataConfig, RootConfig
 from lightning_seg.tasks import get_task
 
 Pair = tuple[np.ndarray, np.ndarray]
+# The one set of data defaults is the CLI's schema (lightning_seg.config.DataConfig): building a datamodule in Python
+# with no arguments gives the data that `python -m lightning_seg fit data=<name>` trains on.
+_DEFAULTS = DataConfig()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -34,7 +38,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Per-worker, per-rank seeding of the global RNGs (Lightning's pl_worker_init_function scheme, REFERENCE 8.6)."""
+    """Per-worker, per-rank seeding of the global RNGs (the scheme of Lightning's ``pl_worker_init_function``): forked
+    workers would otherwise share the parent's numpy / torch RNG state and draw identical random numbers."""
     rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
     ss = np.random.SeedSequence([torch.initial_seed() % 2**32, worker_id, rank])
     np.random.seed(ss.generate_state(1)[0])
@@ -76,7 +81,11 @@ class PairDataset(Dataset):
 
 
 class SegmentationDataModule(pl.LightningDataModule):
-    """Base class; subclasses set ``tasks`` and implement ``synthetic_pair`` and ``discover``."""
+    """Base class; subclasses set ``tasks`` (the first is the default) and implement ``synthetic_pair`` and
+    ``discover``.
+
+    Every keyword argument is a ``data.*`` key of the config (``seed`` is the root ``seed``); the defaults are those of
+    :class:`lightning_seg.config.DataConfig`."""
 
     name = "base"
     tasks: tuple[str, ...] = ()
@@ -84,27 +93,27 @@ class SegmentationDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        source: str = "synthetic",
-        root: str | None = None,
-        layout: str = "auto",
-        task: str | None = None,
-        image_size: int = 128,
-        num_train: int = 320,
-        num_val: int = 64,
-        num_test: int = 64,
-        data_seed: int = 0,
-        split: str = "random",
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        batch_size: int = 16,
-        eval_batch_size: int = 32,
-        num_workers: int = 0,
-        augment: bool = True,
-        skip_bad: bool = False,
-        soft_threshold: str = "majority",
-        options: dict[str, Any] | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        source: str = _DEFAULTS.source,
+        root: str | None = _DEFAULTS.root,
+        layout: str = _DEFAULTS.layout,
+        task: str | None = None,  # None: the data set's default task, tasks[0]
+        image_size: int = _DEFAULTS.image_size,
+        num_train: int = _DEFAULTS.num_train,
+        num_val: int = _DEFAULTS.num_val,
+        num_test: int = _DEFAULTS.num_test,
+        data_seed: int = _DEFAULTS.data_seed,
+        split: str = _DEFAULTS.split,
+        val_fraction: float = _DEFAULTS.val_fraction,
+        test_fraction: float = _DEFAULTS.test_fraction,
+        batch_size: int = _DEFAULTS.batch_size,
+        eval_batch_size: int = _DEFAULTS.eval_batch_size,
+        num_workers: int = _DEFAULTS.num_workers,
+        augment: bool = _DEFAULTS.augment,
+        skip_bad: bool = _DEFAULTS.skip_bad,
+        soft_threshold: str = _DEFAULTS.soft_threshold,
+        options: dict[str, Any] | None = None,  # None: no options (DataConfig's empty mapping)
+        seed: int = RootConfig.seed,
+        name: str | None = None,  # the config's data.name; the registry already picked this class by it
     ) -> None:
         super().__init__()
         task = task or self.tasks[0]

@@ -2,9 +2,10 @@
 
 Yields ``(index, epoch)`` pairs so that every sample's augmentation can be seeded from
 (seed, epoch, index): results then do not depend on the number of workers, persistent workers,
-or where a resumed run restarts (REFERENCE 8.6 seeding trap). It also does the DDP split itself
-(Lightning's ``use_distributed_sampler`` is off): training pads ranks to equal length (DDP needs the
-same number of steps on every rank); evaluation never pads, so no sample is counted twice.
+or where a resumed run restarts (a per-worker RNG would repeat or shift the random draws in each
+of these cases). It also does the DDP split itself (Lightning's ``use_distributed_sampler`` is off):
+training pads ranks to equal length (DDP needs the same number of steps on every rank); evaluation
+never pads, so no sample is counted twice.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 These generators are the default, offline data of the project: every sample is drawn
 on the fly from ``(seed, index)`` so data loaders need no files and tests never touch
-real data (REFERENCE 7.3).
+real data.
 
 Design rules
 ------------
@@ -19,7 +19,7 @@ Design rules
   blur), which never enter a mask.
 * Class conventions (project-wide): ISIC {0 background, 1 lesion}; fundus task
   ``disc_cup`` {0 background, 1 rim, 2 cup}, task ``disc`` {0, 1}.
-* vCDR follows REFERENCE 6.1 (Source: ignaciorlando/refuge-evaluation): vertical
+* vCDR follows the REFUGE challenge evaluation code (ignaciorlando/refuge-evaluation): vertical
   diameter = max over columns of the number of mask pixels; the analytic value
   reported by :func:`synth_fundus_params` is the ratio of the vertical extents of the
   (rotated) cup and disc ellipses.
@@ -32,6 +32,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from lightning_seg.config import DataConfig
 
 __all__ = [
     "synth_isic",
@@ -46,9 +48,9 @@ _TAG_ISIC = 0x151C
 _TAG_FUNDUS = 0xF0D5
 _FUNDUS_TASKS = ("disc_cup", "disc")
 # Lesion contrast of the embedded ISIC default: the lesion colour is blended towards the skin by
-# U[0.1, 0.3]. Faint lesions are what makes a segmenter about as fragile as the paper's real ISIC
-# U-Net (ASMA reaches another image's mask at RMS 1.3-1.5/255; at full contrast it needs 8.4/255,
-# README "Why the embedded ISIC lesions are faint"); val Dice 0.87-0.95 is in the range of real ISIC models.
+# U[0.1, 0.3]. Faint lesions make a segmenter about as fragile under attack as the ASMA paper's U-Net
+# on real ISIC images while it still segments them about as well as real ISIC models do; full-contrast
+# lesions make it far more robust than on real data (docs/experiments.md, "Lesion contrast and fragility").
 ISIC_CONTRAST = (0.1, 0.3)
 _FUNDUS_MIN_SIZE = 32  # smallest size with a non-empty cup for every sample (checked)
 
@@ -144,7 +146,7 @@ def _fourier_radius(cos1: np.ndarray, sin1: np.ndarray, amps: np.ndarray,
 
 
 # ------------------------------------------------------------------------------- ISIC
-def synth_isic_params(index: int, *, seed: int = 0) -> dict[str, Any]:
+def synth_isic_params(index: int, *, seed: int = DataConfig.data_seed) -> dict[str, Any]:
     """Sampled lesion geometry (unit-square coordinates, independent of image size).
 
     Keys: ``center`` (x, y), ``scale`` (major semi-axis of the base ellipse),
@@ -333,7 +335,7 @@ def _draw_isic(index: int, seed: int, size: int, hairs: bool = True, contrast: t
     return _to_uint8(img), mask
 
 
-def synth_isic(index: int, *, seed: int = 0, size: int = 128,
+def synth_isic(index: int, *, seed: int = DataConfig.data_seed, size: int = DataConfig.image_size,
                contrast: tuple[float, float] | list[float] = ISIC_CONTRAST) -> tuple[np.ndarray, np.ndarray]:
     """One dermoscopy-like sample: uint8 HxWx3 RGB image and uint8 HxW mask {0, 1}.
 
@@ -358,7 +360,7 @@ def _ellipse_height(a: float, b: float, phi: float) -> float:
     return 2.0 * math.sqrt((a * math.sin(phi)) ** 2 + (b * math.cos(phi)) ** 2)
 
 
-def synth_fundus_params(index: int, *, seed: int = 0) -> dict[str, Any]:
+def synth_fundus_params(index: int, *, seed: int = DataConfig.data_seed) -> dict[str, Any]:
     """Sampled fundus geometry in unit-square coordinates (independent of image size).
 
     Keys: ``side`` (+1 disc right of the fovea, -1 left), ``fov_center``,
@@ -366,7 +368,7 @@ def synth_fundus_params(index: int, *, seed: int = 0) -> dict[str, Any]:
     vertical semi-axes before rotation), ``angle`` (rad, shared by disc and cup),
     ``cup_center``, ``cup_axes``, ``cup_offset_disc_frame`` (cup centre in the frame
     where the disc is the unit circle), ``vcdr`` (true vertical cup-to-disc ratio = vertical
-    extent of the cup / vertical extent of the disc, REFERENCE 6.1), ``disc_height`` and
+    extent of the cup / vertical extent of the disc, as in the REFUGE evaluation), ``disc_height`` and
     ``cup_height``. ``vcdr`` is uniform in [0.3, 0.8]; the cup lies strictly inside the
     disc (in the disc frame: |c| + max cup semi-axis <= 0.88).
     """
@@ -575,7 +577,8 @@ def _draw_fundus(index: int, seed: int, size: int, task: str, vessels: bool = Tr
     return _to_uint8(img), mask
 
 
-def synth_fundus(index: int, *, seed: int = 0, size: int = 128, task: str = "disc_cup"
+def synth_fundus(index: int, *, seed: int = DataConfig.data_seed, size: int = DataConfig.image_size,
+                 task: str = _FUNDUS_TASKS[0]
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One macula-centred fundus-like sample: uint8 HxWx3 RGB image and uint8 HxW mask.
 
@@ -595,7 +598,7 @@ def synth_fundus(index: int, *, seed: int = 0, size: int = 128, task: str = "dis
 
 
 def fundus_vcdr_from_mask(mask: np.ndarray) -> float:
-    """vCDR of a {0 bg, 1 rim, 2 cup} mask, REFERENCE 6.1: D(cup) / (D(disc) + 1e-7).
+    """vCDR of a {0 bg, 1 rim, 2 cup} mask as the REFUGE evaluation code computes it: D(cup) / (D(disc) + 1e-7).
 
     D(M) is the max over image columns of the number of mask pixels in that column.
     """

@@ -1,4 +1,4 @@
-"""albumentations image+mask pipelines (2.x API, strict so renamed arguments fail loudly, REFERENCE 8.6).
+"""albumentations image+mask pipelines (2.x API, strict so that arguments renamed between versions fail loudly).
 
 Images stay uint8 until ``ToFloat(max_value=255)``: models take [0, 1] and normalise inside.
 Masks use nearest interpolation (albumentations' default for masks) so class ids survive.

@@ -1,9 +1,11 @@
-"""Typed configuration schemas and composition (OmegaConf structured configs, REFERENCE 8.7).
+"""Typed configuration schemas and composition (OmegaConf structured configs).
 
 ``compose(overrides)`` = schema defaults <- ``conf/config.yaml`` <- the chosen group files
 (``data=glaucoma`` picks ``conf/data/glaucoma.yaml``) <- dotlist overrides (``trainer.max_epochs=5``).
 The dataclass schemas make an unknown key or a wrong type fail with one line that names the key
-and suggests the nearest valid one.
+and suggests the nearest valid one. They hold every default once: a group file (``conf/<group>/<choice>.yaml``) holds
+only what its choice changes, and the ``name`` of the data, model and logger sections (MISSING here), which the chosen
+file always sets.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 
@@ -24,11 +26,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "isic"  # isic | glaucoma (picks the LightningDataModule)
+    """The data section; also the defaults of the datamodules' keyword arguments (lightning_seg.datamodules)."""
+
+    name: str = MISSING  # isic | glaucoma (picks the LightningDataModule); set by conf/data/<name>.yaml
     source: str = "synthetic"  # synthetic (embedded, procedural) | folder (real data under `root`)
     root: Optional[str] = None  # data folder for source=folder
     layout: str = "auto"  # auto-detect, or a layout name (isic2016, isic2017, isic2018, refuge, drishti, ...)
-    task: str = "lesion"  # lesion (ISIC) | disc | disc_cup (glaucoma)
+    task: str = MISSING  # lesion (ISIC) | disc | disc_cup (glaucoma); conf/data/<name>.yaml sets the data set's default
     image_size: int = 96  # images are resized to image_size x image_size
     num_train: int = 256  # synthetic set sizes
     num_val: int = 64
@@ -48,7 +52,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"
+    name: str = MISSING  # set by conf/model/<name>.yaml
     width: int = 16
     depth: int = 3
     padding: str = "same"  # same | valid
@@ -79,7 +83,7 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | ddp_spawn
     num_nodes: int = 1
     precision: str = "32-true"
-    max_epochs: int = 20  # faint ISIC lesions: val Dice 0.81-0.87 at 10 epochs, 0.87-0.95 at 20 (varies with numerics)
+    max_epochs: int = 20  # the faint embedded ISIC lesions need about this many epochs to be segmented well
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
     limit_test_batches: Any = 1.0
@@ -93,7 +97,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb | csv | none
+    name: str = MISSING  # wandb | csv | none; set by conf/logger/<name>.yaml
     project: str = "lightning_seg"
     mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
     entity: Optional[str] = None
@@ -157,7 +161,7 @@ class AdvTrainConfig:
     attack: str = "pgd"
     eps: float = 4 / 255  # Linf budget in [0,1] units (PGD family); accepts 4/255 on the command line
     steps: int = 3
-    alpha: Optional[float] = None  # step size; default 2.5 * eps / steps (REFERENCE 4.3)
+    alpha: Optional[float] = None  # step size; None: lightning_seg.attacks.pgd.default_alpha(eps, steps)
     ratio: float = 1.0  # share of each batch replaced by adversarial examples (1.0 robust, 0.5 DDC-AT style)
     target: str = "other_image"  # ASMA only: target generator for random realistic targets
     params: dict[str, Any] = field(default_factory=dict)  # extra attack hyper-parameters
@@ -169,7 +173,7 @@ class AdvTrainConfig:
 
 @dataclass
 class DefenseConfig:
-    """Input-transformation defense in front of the model (lightning_seg.defenses, REFERENCE 3); conf/defense/<name>.yaml.
+    """Input-transformation defense in front of the model (lightning_seg.defenses); conf/defense/<name>.yaml.
 
     One flat schema for every defense: a parameter left at None takes the defense's own default; setting a parameter
     the chosen defense does not have fails (lightning_seg.defenses.defense_from_config)."""
@@ -213,11 +217,16 @@ MULTI_GROUPS = ("attack",)
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` folder: next to the package in a checkout, or shipped as ``lightning_seg.conf``."""
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    if (checkout / "config.yaml").is_file():
-        return checkout
-    return Path(str(resources.files("lightning_seg.conf")))
+    """The folder of the config groups: the package ``lightning_seg.conf``, i.e. ``conf/`` of the checkout in an
+    editable install and ``lightning_seg/conf/`` in an installed wheel. It is a regular package, so ``resources.files``
+    returns its folder itself (a namespace package would give a MultiplexedPath, which is not a folder path)."""
+    root = resources.files("lightning_seg.conf")
+    if not isinstance(root, Path) or not (root / "config.yaml").is_file():
+        raise ConfigError(
+            f"lightning_seg.conf ({root}) is not a folder holding config.yaml: reinstall lightning_seg unzipped "
+            "(`pip install .`, or `pip install -e .` in a checkout)"
+        )
+    return root
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -347,9 +356,16 @@ def _check_defenses(cfg: DictConfig, root: Path) -> None:
 
 def defense_section(name: str) -> dict[str, Any]:
     """The plain ``defense`` section for ``conf/defense/<name>.yaml`` (schema defaults + that file)."""
-    root = conf_dir()
-    node = _merge(OmegaConf.structured(DefenseConfig), _load_yaml(_group_file(root, "defense", name)), f"conf/defense/{name}.yaml")
+    node = _merge(OmegaConf.structured(DefenseConfig), _defense_node(conf_dir(), name), f"conf/defense/{name}.yaml")
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def _defense_node(root: Path, choice: str) -> DictConfig:
+    """``conf/defense/<choice>.yaml`` over the defense's own defaults: the yaml holds only deviations."""
+    node = _load_yaml(_group_file(root, "defense", choice))
+    from lightning_seg.defenses import defense_defaults  # lazy: the defenses import torch
+
+    return OmegaConf.merge(defense_defaults(str(node.get("name", choice))), node)  # type: ignore[return-value]
 
 
 def _free_form_parent(cfg: DictConfig, key: str) -> bool:
@@ -366,6 +382,10 @@ def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> Dict
             cfg[group] = {}  # a chosen list replaces the default list
             for c in choice:
                 node = _load_yaml(_group_file(root, group, c))  # its `name` is the registered attack it configures
+                if group == "attack":  # the yaml holds only deviations: the attack's own defaults fill the rest
+                    from lightning_seg.attacks.config import attack_defaults  # lazy: the attacks import torch
+
+                    node = OmegaConf.merge(attack_defaults(str(node.get("name", c))), node)
                 cfg = _merge(cfg, {group: {c: node}}, f"conf/{group}/{c}.yaml")
             continue
         if group not in cfg:
@@ -374,7 +394,8 @@ def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> Dict
             # a new defense replaces the previous one's parameters (e.g. the checkpoint's fr -> jpeg), keeping the
             # attacker's gradient / EOT choice
             cfg.defense = DefenseConfig(gradient=cfg.defense.gradient, eot_samples=cfg.defense.eot_samples)
-        cfg = _merge(cfg, {group: _load_yaml(_group_file(root, group, choice))}, f"conf/{group}/{choice}.yaml")
+        node = _defense_node(root, choice) if group == "defense" else _load_yaml(_group_file(root, group, choice))
+        cfg = _merge(cfg, {group: node}, f"conf/{group}/{choice}.yaml")
     return cfg
 
 
@@ -386,18 +407,26 @@ def _group_file(root: Path, group: str, choice: str) -> Path:
 
 
 def _fraction(item: str) -> str:
-    """``attack.pgd.eps=8/255`` -> ``attack.pgd.eps=0.0313...``: OmegaConf would keep ``8/255`` as a string (REFERENCE 1.2)."""
+    """``attack.pgd.eps=8/255`` -> ``attack.pgd.eps=0.0313...`` (also inside a list ``[1/255,2/255]``): budgets are
+    written on the 0-255 scale, which OmegaConf would keep as a string. Values that are not fractions (paths such as
+    ``run.output_dir=/tmp/x``) stay as they are."""
+    from lightning_seg.attacks._common import parse_fraction  # the one fraction parser; lazy: the attacks import torch
+
+    def convert(v: str) -> str:
+        if "/" not in v:
+            return v
+        try:
+            return repr(parse_fraction(v))
+        except (TypeError, ValueError):
+            return v
+
     key, value = item.split("=", 1)
     if value.startswith("[") and value.endswith("]") and "/" in value:
-        parts = [_fraction(f"x={v.strip()}").split("=", 1)[1] for v in value[1:-1].split(",") if v.strip()]
-        return f"{key}=[{','.join(parts)}]"
-    num, sep, den = value.partition("/")
-    try:
-        return f"{key}={float(num) / float(den)!r}" if sep else item
-    except ValueError:
-        return item
+        return f"{key}=[{','.join(convert(v.strip()) for v in value[1:-1].split(',') if v.strip())}]"
+    return f"{key}={convert(value)}"
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    """Resolved plain containers: safe for checkpoints loaded with ``weights_only=True`` (REFERENCE 8.8)."""
+    """Resolved plain containers: checkpoints loaded with ``torch.load(weights_only=True)`` (the default since torch
+    2.6) may hold only plain types, not OmegaConf objects."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

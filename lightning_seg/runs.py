@@ -3,7 +3,7 @@
 Layout: ``<run.output_dir>/<command>/<data.name>-<YYYYmmdd-HHMMSS>/`` holding ``config.yaml``
 (resolved), ``checkpoints/{best,last}.ckpt``, ``results.json`` and the logger's files.
 The folder is chosen once by the launching process and handed to DDP children through the
-environment, so all ranks agree (no per-process timestamps, REFERENCE 8.2).
+environment, so all ranks agree (per-process timestamps can differ by a second and split one run over folders).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Segmentation tasks: class lists and the anatomical structures that metrics report.
+"""Segmentation tasks: class names and the anatomical structures that metrics report.
 
-Structures are unions of classes. For glaucoma ``disc_cup`` the model predicts one index map
+``Task.class_names`` is the one name of each class index, used wherever classes are named (W&B mask overlays,
+tables). Structures are unions of classes. For glaucoma ``disc_cup`` the model predicts one index map
 {0 background, 1 rim, 2 cup} (a softmax keeps cup inside disc by construction), while metrics
 and the Dice loss use the two clinical binary structures disc = {rim, cup} and cup = {cup}
-(REFERENCE 1.1: disc = mask >= 1, cup = mask == 2; not a 3-class mean).
+(disc = mask >= 1, cup = mask == 2, as the REFUGE challenge scores them; not a 3-class mean).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 @dataclass(frozen=True)
 class Task:
     name: str
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...]  # index -> name
     structures: tuple[tuple[str, tuple[int, ...]], ...]  # (structure name, class ids)
 
     @property

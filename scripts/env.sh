@@ -12,7 +12,7 @@ STAMP="$VENV/.lightning_seg-installed"
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ]; then
   return 0 2>/dev/null || exit 0
 fi
-echo "[env] setting up $VENV (once; about 2 minutes)" >&2
+echo "[env] setting up $VENV (once; a few minutes)" >&2
 "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

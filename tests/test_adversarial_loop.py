@@ -21,7 +21,7 @@ PGD_DETERMINISTIC = {"attack": "[pgd]", "attack.pgd.random_start": "false", "att
 
 
 def test_callback_in_single_device_validate_leaves_the_model_untouched(tiny, tmp_path: Path):
-    """The only CPU test that catches an inference-mode Trainer (REFERENCE 8.1): validate() + attack callback."""
+    """The only CPU test that catches an inference-mode Trainer (no input gradients there): validate() + attack callback."""
     cfg = compose(tiny())
     module = SegmentationModule(model={"name": "unet", "width": 4, "depth": 2}, task="lesion")
     module.train()

@@ -1,4 +1,4 @@
-"""Closed-form correctness of every attack on a per-pixel linear model (REFERENCE 2.10)."""
+"""Closed-form correctness of every attack on a per-pixel linear model (minimal perturbations known exactly)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_asma_minimal_l2(fn, batch):
     model, x = make(batch)
     target = torch.ones(batch, 4, 4, dtype=torch.long)
     opt, _ = minimal_norms(model, x, clean_pred(model, x) != target)
-    res = fn(model, x, target, tau=2e-3, beta=2e-3, max_iter=1500, iou_threshold=1.0)
+    res = fn(model, x, target, tau=2e-3, beta=2e-3, max_iter=1500, iou_threshold=1.0, step="raw")
     assert res.success.all()
     assert (res.pred == target).all()
     assert (res.l2 <= 1.25 * opt + 1e-6).all(), (res.l2, opt)
@@ -47,8 +47,8 @@ def test_ssm_succeeds_but_overshoots(batch):
     """Without the adaptive mask every pixel keeps moving: success, but larger L2 than ASM."""
     model, x = make(batch)
     target = torch.ones(batch, 4, 4, dtype=torch.long)
-    a = asm(model, x, target, tau=2e-3, max_iter=1500, iou_threshold=1.0)
-    s = ssm(model, x, target, tau=2e-3, max_iter=1500, iou_threshold=1.0)
+    a = asm(model, x, target, tau=2e-3, max_iter=1500, iou_threshold=1.0, step="raw")
+    s = ssm(model, x, target, tau=2e-3, max_iter=1500, iou_threshold=1.0, step="raw")
     assert s.success.all() and a.success.all()
     assert (s.l2 > a.l2).all()
 
@@ -80,13 +80,14 @@ def test_asma_relative_step_is_the_raw_schedule_with_tau_calibrated_per_image():
     target = torch.ones(3, 4, 4, dtype=torch.long)
     first = asma(model, x, target, step="relative", step_size=0.01, max_iter=1)
     assert torch.allclose(first.l2, torch.full((3,), 0.01), rtol=1e-4)
-    rel = asma(model, x, target, step="relative", step_size=0.01, max_iter=30)
+    rel = asma(model, x, target, step="relative", step_size=0.01, max_iter=30, iou_threshold=None)
     for i in range(3):
         xi = x[i:i + 1].clone().requires_grad_(True)
         z = model(xi)
         g0 = torch.autograd.grad((z[:, 1] * (z.argmax(1) != 1)).sum(), xi)[0].norm()
         c = 0.01 / (1e-7 * float(g0))  # tau -> tau * c gives a first step of length 0.01
-        raw = asma(model, x[i:i + 1], target[i:i + 1], step="raw", tau=1e-7 * c, beta=1e-6 * c, max_iter=30)
+        raw = asma(model, x[i:i + 1], target[i:i + 1], step="raw", tau=1e-7 * c, beta=1e-6 * c, max_iter=30,
+                   iou_threshold=None)
         torch.testing.assert_close(raw.adv[0], rel.adv[i])
 
 

@@ -75,3 +75,20 @@ def test_dotted_keys_enter_free_form_mappings_but_typos_still_fail():
         compose(["data.optionz.x=1"])
     with pytest.raises(ConfigError, match="data.image_sise"):
         compose(["data.image_sise=64"])
+
+
+def test_fraction_overrides_are_parsed_and_other_slashes_kept():
+    cfg = compose(["attack=pgd", "attack.pgd.eps=8/255", "attack.pgd.alpha=1e-3/2",
+                   "attack_eval.eps_sweep=[1/255,2/255]", "run.name=a/b", "run.output_dir=/tmp/x/y"])
+    assert cfg.attack.pgd.eps == pytest.approx(8 / 255) and cfg.attack.pgd.alpha == pytest.approx(5e-4)
+    assert list(cfg.attack_eval.eps_sweep) == pytest.approx([1 / 255, 2 / 255])
+    assert cfg.run.name == "a/b" and cfg.run.output_dir == "/tmp/x/y"
+
+
+def test_attack_sections_hold_every_parameter_and_yaml_deviations_win():
+    cfg = compose(["attack=[asma,asma_paper]"])
+    paper, asma = cfg.attack.asma_paper, cfg.attack.asma
+    assert set(paper) == set(asma) and paper.name == "asma"
+    assert (paper.max_iter, paper.iou_threshold, paper.step, paper.paper_exact) == (2501, None, "raw", True)
+    assert (asma.max_iter, asma.iou_threshold, asma.step, asma.paper_exact) == (500, 0.95, "relative", False)
+    assert paper.tau == asma.tau and paper.beta == asma.beta

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import inspect
+
+import pytest
 import torch
 from lightning_seg.datamodules import build_datamodule
 from lightning_seg.datamodules.sampling import EpochSampler
@@ -39,7 +42,7 @@ def test_augmentation_is_per_sample_and_independent_of_worker_count():
 
 
 def test_two_workers_do_not_augment_identically():
-    """REFERENCE 8.6 trap: a forked Compose RNG makes workers 0 and 1 augment identically."""
+    """The classic trap: a forked Compose RNG makes workers 0 and 1 augment identically."""
     from lightning_seg.datamodules.base import PairDataset, Source
     from lightning_seg.datamodules.synthetic import synth_isic
 
@@ -72,3 +75,22 @@ def test_glaucoma_tasks():
         dm.setup()
         mask = dm.dataset("train")[(0, 0)]["mask"]
         assert set(mask.unique().tolist()) <= values and mask.max() == max(values)
+
+
+@pytest.mark.parametrize("name", ["isic", "glaucoma"])
+def test_datamodule_defaults_are_the_cli_defaults(name):
+    """The data defaults live in one place (DataConfig): a datamodule built in Python without arguments is the one
+    ``python -m lightning_seg fit data=<name>`` builds, and every data.* key is an argument of the datamodule."""
+    from lightning_seg.datamodules import DATAMODULES
+
+    from lightning_seg.config import compose
+    from lightning_seg.training.trainer import build_datamodule_from
+
+    cfg = compose([f"data={name}", "logger=none"])
+    params = set(inspect.signature(DATAMODULES.get(name)).parameters)
+    assert params == set(cfg.data) | {"seed"}
+    assert cfg.data.task == DATAMODULES.get(name).tasks[0]  # the yaml's task is the datamodule's default task
+    cli, python = build_datamodule_from(cfg), build_datamodule(name)
+    assert vars(python) == vars(cli)
+    assert python.image_size == cfg.data.image_size
+    assert python.counts == (cfg.data.num_train, cfg.data.num_val, cfg.data.num_test)

@@ -1,4 +1,4 @@
-"""Defense report and its sanity checks (lightning_seg.defense_eval) on a tiny trained model, and the
+"""Defense report and its sanity checks (lightning_seg.evaluation.defense_report) on a tiny trained model, and the
 `attack` command's defense section end to end."""
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ from lightning_seg.evaluation.defense_report import (
     check_transfer,
     check_unbounded,
     defense_report,
-    predict,
     run_attack,
     score_row,
     unbounded_dice,
 )
+from lightning_seg.evaluation.inference import predict
 from lightning_seg.metrics.segmentation import per_image_dice
 
-# A tiny U-Net that actually segments (val Dice ~0.92 in ~5 s): the 1-2 epoch fixtures elsewhere predict a constant mask,
-# on which no attack can move Dice and the sanity checks would be vacuous.
-# full-contrast lesions: a tiny model must segment well for the checks to mean anything
+# A tiny U-Net that actually segments (full-contrast lesions, more epochs): the 1-2 epoch fixtures elsewhere predict a
+# constant mask, on which no attack can move Dice and the sanity checks would be vacuous.
 TRAINED = {"trainer.max_epochs": 8, "data.num_train": 64, "optim.lr": 0.01, "data.options.contrast": "[1.0,1.0]"}
 
 
@@ -138,8 +137,8 @@ def test_report_rows_and_threat_models(trained):
 
 # ----------------------------------------------------------------------------- the attack command
 def test_attack_command_writes_defense_report(trained):
-    from lightning_seg.cli import compose_for
     from lightning_seg.commands.attack import attack
+    from lightning_seg.commands.compose import compose_for
 
     root, *_ = trained
     overrides = [f"run.output_dir={root}", "attack=[asma,pgd]", "attack_eval.defenses=[fr,jpeg]", "logger=none",

@@ -1,8 +1,9 @@
-"""Tests for lightning_seg.defenses (REFERENCE section 3)."""
+"""Tests for lightning_seg.defenses."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import math
 from pathlib import Path
@@ -148,7 +149,7 @@ def test_fr_identity_with_unit_table() -> None:
 def test_fr_psnr_on_smooth_images_in_sane_range() -> None:
     x = smooth_images(2, 64, 64, seed=5)
     p = psnr(FrequencyRefinement()(x), x)
-    assert 33.0 < p < 45.0, p  # REFERENCE 3.1: 37.7 dB on the repo's sample images
+    assert 33.0 < p < 45.0, p  # a mild transform: far from destroying the image
     # coarser steps everywhere distort more
     assert psnr(frequency_refinement(x, 60, 20, 120), x) < p
 
@@ -415,9 +416,18 @@ def test_registry_names_and_build() -> None:
         build_defense({"name": "fr", "quality": 50})
 
 
+# The pure transform behind each module: the module's defaults must be the function's (one default per parameter).
+PURE_FUNCTIONS = {"fr": frequency_refinement, "jpeg": jpeg, "bit_depth": bit_depth_reduction, "median": median_filter,
+                  "gaussian": gaussian_blur}
+
+
 @pytest.mark.parametrize("name", sorted(DEFENSES.names()))
-def test_yaml_equals_dataclass_defaults(name: str) -> None:
+def test_one_default_per_defense_parameter(name: str) -> None:
+    """Function defaults == module defaults == Config defaults == what `defense=<name>` composes; the yaml holds only
+    deviations (the attacker's eot_samples for randomised defenses)."""
     from omegaconf import OmegaConf
+
+    from lightning_seg.config import compose
 
     path = CONF_DIR / f"{name}.yaml"
     assert path.exists(), f"missing {path}"
@@ -425,7 +435,15 @@ def test_yaml_equals_dataclass_defaults(name: str) -> None:
     attacker = {k: loaded.pop(k) for k in ATTACKER_KEYS if k in loaded}  # the attacker's settings, not the transform's
     assert set(attacker) <= {"eot_samples"} and (not attacker or DEFENSES.get(name).randomized)
     cls = DEFENSES.get(name)
-    assert loaded == dataclasses.asdict(cls.Config())
-    # the structured schema accepts the yaml (types match) and builds the defense
-    merged = OmegaConf.merge(OmegaConf.structured(cls.Config), loaded)
-    assert isinstance(build_defense(merged), cls)
+    config = dataclasses.asdict(cls.Config())
+    assert set(loaded) <= set(config), f"conf/defense/{name}.yaml has keys the defense does not take"
+    init = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"
+            and p.default is not inspect.Parameter.empty}
+    assert {k: v for k, v in config.items() if k != "name"} == init
+    if name in PURE_FUNCTIONS:
+        fn = inspect.signature(PURE_FUNCTIONS[name]).parameters
+        assert {k: fn[k].default for k in init} == init, f"{name}: module and function defaults differ"
+    composed = {k: v for k, v in OmegaConf.to_container(compose([f"defense={name}"]).defense).items()
+                if k in config}
+    assert composed == {**config, **loaded}
+    assert isinstance(build_defense(OmegaConf.merge(OmegaConf.structured(cls.Config), loaded)), cls)

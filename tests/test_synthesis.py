@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_seg.attacks.deformations import TransformConfig
-from lightning_seg.attacks.synthesis import SynthesisAttack, hard_dice, soft_dice, synthesis_attack
+from lightning_seg.attacks.synthesis import hard_dice, soft_dice, synthesis_attack
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -172,7 +172,7 @@ def test_dice_helpers() -> None:
     assert torch.allclose(soft_dice(z, y), soft_dice(two, y), atol=1e-6)
 
 
-def test_input_validation_and_wrapper() -> None:
+def test_input_validation() -> None:
     model = ThresholdNet()
     x, y = disks(1)
     with pytest.raises(ValueError, match="labels"):
@@ -183,5 +183,6 @@ def test_input_validation_and_wrapper() -> None:
         synthesis_attack(model, x, y, step_size=0.0)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         synthesis_attack(model, x, y)
-    res = SynthesisAttack(dice_drop=0.1, steps=1, bisect_steps=2)(model, x, y, generator=torch.Generator().manual_seed(0))
+    res = synthesis_attack(model, x, y, dice_drop=0.1, steps=1, bisect_steps=2,
+                           generator=torch.Generator().manual_seed(0))
     assert res.iterations == (1, 2)

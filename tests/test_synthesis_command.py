@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_seg.cli import compose_for
 from lightning_seg.commands.attack import attack
+from lightning_seg.commands.compose import compose_for
 from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
 from lightning_seg.evaluation.shift import shift_dice, shift_table

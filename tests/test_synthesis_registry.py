@@ -10,7 +10,7 @@ import torch
 from lightning_seg.attacks import AttackResult, build_attack
 from lightning_seg.attacks.config import bind_task
 from lightning_seg.attacks.deformations import TransformConfig, integrate_velocity, sample_random_transform
-from lightning_seg.attacks.synthesis import random_synthesis, synthesis_records, synthesis_summary, transform_config
+from lightning_seg.attacks.synthesis import random_synthesis, synthesis_records, synthesis_summary
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.models import build_model
 from lightning_seg.tasks import get_task
@@ -81,7 +81,7 @@ def test_bind_task_scores_glaucoma_disc_and_cup_structures():
 
 def test_random_synthesis_warps_labels_with_the_image():
     x, y = disks(3, contrast="high")
-    cfg = transform_config((3, 48, 48), eps_bias=0.0, noise_std=0.0, max_disp_px=5.0)
+    cfg = TransformConfig(eps_bias=0.0, noise_std=0.0, max_disp_px=5.0)
     out, warped, t = random_synthesis(x, y, cfg, generator=torch.Generator().manual_seed(3))
     assert bool((t.alpha >= 0).all() and (t.alpha <= 1).all()) and not torch.equal(warped, y)
     # a high-contrast image without bias/noise thresholds to exactly its warped label (up to boundary pixels)

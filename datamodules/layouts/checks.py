@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from lightning_seg.config import DataConfig
+
 from .reading import load_pair
 from .records import DataError, DataProblem, PairRecord, check_soft_threshold, check_task
 
@@ -26,7 +28,7 @@ def _check_one(record: PairRecord, task: str, soft_threshold: str) -> list[DataP
 
 
 def check_records(
-    records: Sequence[PairRecord], task: str, *, soft_threshold: str = "majority", workers: int = 4
+    records: Sequence[PairRecord], task: str, *, soft_threshold: str = DataConfig.soft_threshold, workers: int = 4
 ) -> list[DataProblem]:
     """Decode every pair and return all problems, in record order; never raises for a bad pair.
 

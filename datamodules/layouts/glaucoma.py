@@ -1,6 +1,6 @@
 """Glaucoma optic disc / cup layouts: REFUGE, Drishti-GS1, RIM-ONE r3, RIM-ONE DL, ORIGA, generic.
 
-Trees (REFERENCE 7.2). Every top folder may also hold a nested folder of the same name
+Trees, as the data sets' archives extract. Every top folder may also hold a nested folder of the same name
 (zip extraction); both levels are searched. Keys are file stems and must be unique.
 
 REFUGE (grey-coded ``.bmp`` masks: 0 cup, 128 rim, 255 background)::
@@ -55,7 +55,10 @@ rule in ``reading.py`` (index map {0,1,2}, REFUGE grey codes, or binary disc 0/2
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
+
+from lightning_seg.config import DataConfig
 
 from .isic import check_root, dir_levels, discover_generic, finish, generic_split_dirs, top_entries
 from .records import DataError, DataProblem, Discovery, PairRecord
@@ -120,14 +123,9 @@ def _discover_refuge(root: Path) -> Discovery:
                 problems.append(DataProblem(p, p.stem, f"second mask for {p.stem} (also {masks[p.stem]}); keep one"))
             else:
                 masks[p.stem] = p
-        used: set[str] = set()
-        for img in _rglob(img_dirs, ".jpg"):
-            key = img.stem
-            mask = masks.get(key)
-            if mask is None:
-                problems.append(DataProblem(img, key, f"missing mask: expected {gt_name}/Disc_Cup_Masks/.../{key}.bmp"))
-                continue
-            used.add(key)
+        pairs = _pair_by_stem(_rglob(img_dirs, ".jpg"), masks, problems,
+                              f"{gt_name}/Disc_Cup_Masks/.../{{}}.bmp", f"{img_name}/.../{{}}.jpg")
+        for key, img, mask in pairs:
             meta = {}
             # train: Glaucoma/Non-Glaucoma image folder; test: G/N mask folder
             for folder in (img.parent.name.lower(), mask.parent.name.lower()):
@@ -135,9 +133,23 @@ def _discover_refuge(root: Path) -> Discovery:
                     meta["glaucoma"] = _REFUGE_LABEL[folder]
                     break
             records.append(PairRecord(key, img, {"mask": mask}, "refuge", split, meta))
-        for key in sorted(set(masks) - used):
-            problems.append(DataProblem(masks[key], key, f"mask without image: expected {img_name}/.../{key}.jpg"))
     return finish("refuge", root, records, problems)
+
+
+def _pair_by_stem(images: Iterable[Path], masks: dict[str, Path], problems: list[DataProblem], mask_pattern: str,
+                  image_pattern: str) -> list[tuple[str, Path, Path]]:
+    """(key, image, mask) for every image whose stem has a mask; a missing mask and a mask without an image each become a
+    problem naming the expected path (``mask_pattern`` / ``image_pattern`` with ``{}`` for the key)."""
+    pairs = []
+    for img in images:
+        mask = masks.get(img.stem)
+        if mask is None:
+            problems.append(DataProblem(img, img.stem, f"missing mask: expected {mask_pattern.format(img.stem)}"))
+        else:
+            pairs.append((img.stem, img, mask))
+    for key in sorted(set(masks) - {k for k, _, _ in pairs}):
+        problems.append(DataProblem(masks[key], key, f"mask without image: expected {image_pattern.format(key)}"))
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,19 +314,10 @@ def _discover_origa(root: Path) -> Discovery:
     assert base is not None
     ann = base / "Semi-automatic-annotations"
     mats = {p.stem: p for p in _listed([ann], ".mat")}
-    records: list[PairRecord] = []
     problems: list[DataProblem] = []
-    used: set[str] = set()
-    for img in _listed([base / "Images"], ".jpg"):
-        key = img.stem
-        mat = mats.get(key)
-        if mat is None:
-            problems.append(DataProblem(img, key, f"missing mask: expected Semi-automatic-annotations/{key}.mat"))
-            continue
-        used.add(key)
-        records.append(PairRecord(key, img, {"mat": mat}, "origa", None))
-    for key in sorted(set(mats) - used):
-        problems.append(DataProblem(mats[key], key, f"mask without image: expected Images/{key}.jpg"))
+    pairs = _pair_by_stem(_listed([base / "Images"], ".jpg"), mats, problems, "Semi-automatic-annotations/{}.mat",
+                          "Images/{}.jpg")
+    records = [PairRecord(key, img, {"mat": mat}, "origa", None) for key, img, mat in pairs]
     return finish("origa", root, records, problems)
 
 
@@ -345,7 +348,7 @@ def _present(root: Path) -> dict[str, bool]:
 
 def discover_glaucoma(
     root: str | Path,
-    layout: str = "auto",
+    layout: str = DataConfig.layout,
     *,
     rimone_masks: str = "Average",
     rimone_dl_partition: str = "hospital",

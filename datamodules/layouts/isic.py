@@ -1,6 +1,6 @@
 """ISIC skin-lesion Task 1 layouts (2016, 2017, 2018) and the generic ``images/`` + ``masks/`` layout.
 
-Official trees (REFERENCE 7.1; one dataset root holds the folders of ONE year)::
+Official trees, as the ISIC challenge archives extract (one dataset root holds the folders of ONE year)::
 
     <root>/ISBI2016_ISIC_Part1_Training_Data/ISIC_0000000.jpg          split train
     <root>/ISBI2016_ISIC_Part1_Training_GroundTruth/ISIC_0000000_Segmentation.png   (capital S)
@@ -34,6 +34,8 @@ or the same pair of folders under ``<root>/{train,val,test}/`` (recorded as the 
 from __future__ import annotations
 
 from pathlib import Path
+
+from lightning_seg.config import DataConfig
 
 from .records import DataError, DataProblem, Discovery, PairRecord, dedupe_keys, format_problems
 
@@ -233,7 +235,7 @@ def discover_generic(root: str | Path) -> Discovery:
 # ---------------------------------------------------------------------------------------
 
 
-def discover_isic(root: str | Path, layout: str = "auto") -> Discovery:
+def discover_isic(root: str | Path, layout: str = DataConfig.layout) -> Discovery:
     """Find ISIC image/mask pairs under ``root``.
 
     ``layout``: "auto" (detect), "isic2016", "isic2017", "isic2018" or "generic"; a named

@@ -6,7 +6,7 @@ Class maps (binding project convention):
 * task ``disc``: 0 background, 1 optic disc.
 * task ``disc_cup``: 0 background, 1 rim, 2 cup (disc = mask >= 1, cup = mask == 2).
 
-Mask rules per layout (REFERENCE 7.1 / 7.2):
+Mask rules per layout (the mask formats the data sets document):
 
 * ISIC 2016/2017/2018 and generic ``lesion`` masks: lesion = grey > 127. Anti-aliased
   boundary greys are normal; 8-bit RGB masks are accepted when all channels are equal
@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from lightning_seg.config import DataConfig
 
 from .records import DataError, DataProblem, PairRecord, check_soft_threshold, check_task
 
@@ -160,17 +162,21 @@ def _off_levels(grey: np.ndarray, levels: tuple[int, ...]) -> float:
     return float(1.0 - np.isin(grey, levels).mean()) if grey.size else 0.0
 
 
+def _check_binary(grey: np.ndarray, path: Path, message: Callable[[float], str]) -> None:
+    """Fail with ``message(share of off-level pixels)`` when more than the anti-aliasing tolerance of the pixels are
+    neither 0 nor 255."""
+    off = _off_levels(grey, (0, 255))
+    if off > ANTIALIAS_TOLERANCE:
+        raise BadFile(path, message(off))
+
+
 def binary_foreground(grey: np.ndarray, path: Path, what: str) -> np.ndarray:
     """Binary mask -> bool foreground (> 127); {0,1} masks are index maps; rejects non-binary content."""
     if grey.size and grey.max() <= 1:
         return grey == 1
-    off = _off_levels(grey, (0, 255))
-    if off > ANTIALIAS_TOLERANCE:
-        raise BadFile(
-            path,
-            f"{what} should be binary 0/255 (anti-aliased edges allowed) but {off:.0%} of pixels are other "
-            f"values {_values(grey)}; is this an image, a soft map or a multi-class mask?",
-        )
+    _check_binary(grey, path, lambda off: (
+        f"{what} should be binary 0/255 (anti-aliased edges allowed) but {off:.0%} of pixels are other "
+        f"values {_values(grey)}; is this an image, a soft map or a multi-class mask?"))
     return grey > 127
 
 
@@ -222,13 +228,9 @@ def generic_glaucoma_classes(grey: np.ndarray, path: Path, task: str) -> np.ndar
             f"mask looks like a binary disc mask (values {_values(grey)}) and has no cup; for task 'disc_cup' "
             "use an index map {0 bg, 1 rim, 2 cup} or REFUGE grey codes 0/128/255, or use task 'disc'",
         )
-    off = _off_levels(grey, (0, 255))
-    if off > ANTIALIAS_TOLERANCE:
-        raise BadFile(
-            path,
-            f"mask values {_values(grey)} are neither an index map {{0,1,2}}, nor REFUGE grey codes 0/128/255, "
-            f"nor a binary 0/255 disc mask ({off:.0%} of pixels are other values)",
-        )
+    _check_binary(grey, path, lambda off: (
+        f"mask values {_values(grey)} are neither an index map {{0,1,2}}, nor REFUGE grey codes 0/128/255, "
+        f"nor a binary 0/255 disc mask ({off:.0%} of pixels are other values)"))
     return (grey > 127).astype(np.uint8)  # (c) binary disc
 
 
@@ -328,7 +330,7 @@ def _decode(record: PairRecord, task: str, soft_threshold: str) -> tuple[np.ndar
 
 
 def load_pair(
-    record: PairRecord, task: str, *, soft_threshold: str = "majority"
+    record: PairRecord, task: str, *, soft_threshold: str = DataConfig.soft_threshold
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode one pair -> (image uint8 HxWx3 RGB, mask uint8 HxW class indices).
 

@@ -5,7 +5,7 @@ Discovery (``isic.py``, ``glaucoma.py``) only looks at file *names* and returns
 pair. Decoding (``reading.py``) and the full check (``checks.py``) add problems found
 inside the files. Every problem names the file and what is wrong, and
 :func:`format_problems` turns any number of them into the one message users see
-(REFERENCE 7.1: "fail loudly listing unmatched ids").
+(a pair dropped silently would shrink the data set unnoticed, so unmatched ids fail loudly, all listed).
 """
 
 from __future__ import annotations

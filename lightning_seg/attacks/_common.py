@@ -1,7 +1,9 @@
-"""Shared input checks and result assembly for the attack functions (internal)."""
+"""Shared input checks, budget parsing, per-image early stop and result assembly for the attack functions."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,8 +17,9 @@ from lightning_seg.attacks.result import AttackResult
 def parse_fraction(value: Any) -> float:
     """Parse a budget given as a float/int or a string such as ``"8/255"`` or ``"0.03"``.
 
-    OmegaConf keeps ``attack.eps=8/255`` from the command line as a string (REFERENCE 1.2);
-    config dataclasses call this in ``__post_init__``.
+    The one fraction parser of the project: budgets are naturally written on the 0-255 scale (``8/255``), which
+    OmegaConf keeps as a string; the config dataclasses call this in ``__post_init__`` and the config layer on
+    command-line overrides.
     """
     if isinstance(value, bool):
         raise TypeError(f"expected a number or a fraction string like '8/255', got {value!r}")
@@ -34,6 +37,32 @@ def parse_fraction(value: Any) -> float:
     raise TypeError(f"expected a number or a fraction string like '8/255', got {type(value).__name__}")
 
 
+def variant(base: Callable[..., AttackResult], name: str, doc: str, *, run: Callable[..., AttackResult] | None = None,
+            **defaults: Any) -> Callable[..., AttackResult]:
+    """An attack that takes ``base``'s arguments with other ``defaults`` (e.g. SegPGD = PGD with 20 steps and its own
+    loss weights, ASM = ASMA without the dynamic multiplier) and calls ``run`` (default ``base``) with all of them.
+    Its signature shows the defaults it runs, so that its config is derived from it like every attack's and no
+    default is written twice."""
+    sig = inspect.signature(base)
+    unknown = set(defaults) - set(sig.parameters)
+    if unknown:
+        raise TypeError(f"{name}: {base.__name__} has no parameter(s) {sorted(unknown)}")
+    sig = sig.replace(parameters=[p.replace(default=defaults[p.name]) if p.name in defaults else p
+                                  for p in sig.parameters.values()])
+    target = run or base
+
+    def attack(*args: Any, **kwargs: Any) -> AttackResult:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return target(**bound.arguments)
+
+    attack.__signature__ = sig  # type: ignore[attr-defined]
+    attack.__name__ = attack.__qualname__ = name
+    attack.__doc__ = doc
+    attack.__module__ = getattr(target, "__module__", base.__module__)
+    return attack
+
+
 def check_inputs(
     images: Tensor, labels: Tensor, mask: Tensor | None, perturbation_mask: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -47,7 +76,8 @@ def check_inputs(
         )
     lo, hi = torch.aminmax(images.detach())
     if bool(lo < 0) or bool(hi > 1):
-        raise ValueError("images must be in [0,1] (normalisation belongs inside the model, REFERENCE 1.1)")
+        raise ValueError("images must be in [0,1] (normalisation belongs inside the model, so that budgets are in "
+                         "image units)")
     if mask is None:
         mask = torch.ones_like(labels, dtype=torch.bool)
     else:
@@ -73,8 +103,61 @@ def check_output(z: Tensor, labels: Tensor) -> None:
     if tuple(z.shape[-2:]) != tuple(labels.shape[-2:]):
         raise ValueError(
             f"model output is {tuple(z.shape[-2:])} but labels/targets are {tuple(labels.shape[-2:])}; "
-            "crop the labels to the model's output size (REFERENCE 1.1)"
+            "crop the labels to the model's output size"
         )
+
+
+class ActiveSet:
+    """Per-image early stop over a batch without a host sync per step (ASMA, DAG).
+
+    Finished images are frozen: their rows of the full-batch tensors are no longer written. Every ``check_every``
+    iterations (and once after the first) the active index set shrinks to the unfinished images, with one host sync
+    per check; :meth:`running` returns False when no image is left. While the whole batch is active, :meth:`take`
+    and :meth:`put` pass tensors through without gathers and scatters. ``check_every=None`` never checks (a fixed
+    number of iterations for every image).
+    """
+
+    def __init__(self, batch: int, device: torch.device, check_every: int | None) -> None:
+        self.idx = torch.arange(batch, device=device)
+        self.full = True  # idx == arange(batch)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.iterations = torch.zeros(batch, dtype=torch.long, device=device)
+        self.check_every = check_every
+
+    def running(self, k: int) -> bool:
+        """Called at the start of iteration k: shrink the active set at a check; False when every image is done."""
+        if self.check_every is None or not (k == 1 or (k > 0 and k % self.check_every == 0)):
+            return True
+        keep = ~self.done[self.idx]
+        if not bool(keep.any()):  # one host sync per check, never per step
+            return False
+        if not bool(keep.all()):
+            self.idx = self.idx[keep]
+            self.full = False
+        return True
+
+    def take(self, t: Tensor) -> Tensor:
+        """The active images' rows of a full-batch tensor."""
+        return t if self.full else t[self.idx]
+
+    def put(self, t: Tensor, rows: Tensor) -> Tensor:
+        """Write the active images' new rows into the full-batch tensor ``t`` (returned)."""
+        if self.full:
+            return rows
+        t[self.idx] = rows
+        return t
+
+    def step(self, finished: Tensor | None) -> Tensor | None:
+        """Record this iteration for the active images: ``finished`` [active] marks those that stop now (None: none
+        ever stops). Returns the active images that still move (bool [active]) and counts their iteration."""
+        if finished is None:
+            self.iterations = self.put(self.iterations, self.take(self.iterations) + 1)
+            return None
+        fin = finished | self.take(self.done)
+        self.done = self.put(self.done, fin)
+        go = ~fin
+        self.iterations = self.put(self.iterations, self.take(self.iterations) + go.long())
+        return go
 
 
 def project_box(x0: Tensor, delta: Tensor, pm: Tensor | None) -> Tensor:

@@ -1,11 +1,12 @@
 """Typed configs (one dataclass per attack), the ``Attack`` wrapper and the ``ATTACKS`` registry.
 
-Each config's fields are the attack function's keyword hyper-parameters plus ``name`` (and
-``seed`` where the attack is random: a fresh ``torch.Generator`` on the input device is seeded
-with it on every call). ``conf/attack/<name>.yaml`` holds the same defaults. Budgets (eps,
-alpha, gamma, ...) accept strings such as ``"8/255"`` via :func:`parse_fraction` in
-``__post_init__``; an OmegaConf structured schema typed ``float`` rejects such strings, so the
-config layer should pass CLI overrides through :func:`normalize_fraction_overrides` first.
+One default per parameter: the attack FUNCTION's signature holds it. Each config dataclass is built from the
+signature(s) of the function(s) in ``FUNCTIONS`` (its keyword hyper-parameters with their defaults, plus ``name``, and
+``seed`` where the attack is random: a fresh ``torch.Generator`` on the input device is seeded with it on every call),
+and the config layer (lightning_seg.config) fills each ``attack`` section from these dataclass defaults, so that
+``conf/attack/<name>.yaml`` holds only genuine deviations (e.g. ``asma_paper``). Calling a function with its defaults
+therefore runs exactly what ``attack=<name>`` runs (tests/test_attack_defaults.py checks it for every registered
+attack). Budgets (float parameters) accept strings such as ``"8/255"`` via :func:`parse_fraction`.
 
     attack = build_attack("asma", iou_threshold=0.9)     # or ATTACKS.get("asma")(...)
     result = attack(model, images, targets, mask=valid)  # -> AttackResult
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.attacks._common import parse_fraction
-from lightning_seg.attacks.asma import asma
+from lightning_seg.attacks.asma import asm, asma, ssm
 from lightning_seg.attacks.cospgd import cospgd
 from lightning_seg.attacks.dag import dag
 from lightning_seg.attacks.pgd import fgsm, pgd
@@ -35,9 +36,13 @@ from lightning_seg.attacks.universal import UniversalPerturbation, universal_att
 from lightning_seg.registry import Registry
 from lightning_seg.tasks import Task
 
+# Function parameters that are data or state, not hyper-parameters of the attack.
+_NOT_HYPER = frozenset({"model", "images", "labels", "targets", "mask", "perturbation_mask", "generator", "batches",
+                        "target", "perturbation"})
+
 
 class _Parse:
-    """Mixin: parse fraction strings in the listed float fields."""
+    """Base of the attack configs: fraction strings in float fields are parsed; ``kwargs`` feeds the function."""
 
     _fraction_fields: tuple[str, ...] = ()
 
@@ -48,167 +53,75 @@ class _Parse:
                 setattr(self, f, parse_fraction(v))
 
     def kwargs(self) -> dict[str, Any]:
-        """The attack function's keyword arguments (without ``name`` and ``seed``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "seed")}
+        """The attack function's keyword arguments (without ``name`` and ``seed``); lists (``structures`` from a yaml)
+        become tuples."""
+        return {f.name: _freeze(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in ("name", "seed")}
 
 
-@dataclass
-class AsmaConfig(_Parse):
-    """ASMA (Ozbulak et al. 2019); see :func:`lightning_seg.attacks.asma.asma`.
-
-    Project defaults: the scale-free relative step (the raw schedule with tau calibrated per image, first step of
-    L2 length ``step_size``) with per-image early stop at IoU 0.95, because the
-    paper's raw-gradient tau/beta (1e-7 / 1e-6, 2501 iterations: ``attack=asma_paper``) are specific to
-    its model and barely move others (REFERENCE 1.2)."""
-
-    name: str = "asma"
-    adaptive_mask: bool = True
-    dynamic_multiplier: bool = True
-    tau: float = 1e-7
-    beta: float = 1e-6
-    max_iter: int = 500
-    iou_threshold: float | None = 0.95
-    success_threshold: float = 0.95
-    step: str = "relative"
-    step_size: float = 0.02  # embedded ISIC default, 32 pairs: RMS 1.31/255 (0.03: 1.73, 0.05: 2.62), all 100 % success
-    l2_weight: float = 1.0
-    paper_exact: bool = False
-    return_best: bool = False
-    check_every: int = 10
-    _fraction_fields = ("tau", "beta", "step_size")
+def _freeze(v: Any) -> Any:
+    return tuple(_freeze(i) for i in v) if isinstance(v, list) else v
 
 
-@dataclass
-class AsmConfig(AsmaConfig):
-    """ASM ablation: adaptive mask, fixed multiplier."""
-
-    name: str = "asm"
-    dynamic_multiplier: bool = False
-
-
-@dataclass
-class SsmConfig(AsmaConfig):
-    """SSM ablation: no adaptive mask, fixed multiplier."""
-
-    name: str = "ssm"
-    adaptive_mask: bool = False
-    dynamic_multiplier: bool = False
-
-
-@dataclass
-class DagConfig(_Parse):
-    """DAG (Xie et al. 2017); gamma in [0,1] units (paper 0.5 on 0-255)."""
-
-    name: str = "dag"
-    targeted: bool = False
-    gamma: float = 0.5 / 255
-    max_iter: int = 200
-    norm: str = "linf"
-    adv_threshold: float = 1.0
-    check_every: int = 10
-    seed: int | None = 0
-    _fraction_fields = ("gamma",)
+def _config_class(cls_name: str, name: str, functions: tuple[Callable[..., Any], ...], doc: str,
+                  targeted: bool | None = None) -> type[_Parse]:
+    """The config dataclass of attack ``name``: ``name``, then the keyword hyper-parameters of ``functions`` with their
+    signature defaults, then ``seed`` (default 0) when a function draws random numbers from a ``generator``.
+    ``targeted``: the fixed answer of an attack without a ``targeted`` parameter (a class attribute, not a field)."""
+    fields: list[tuple[str, Any, Any]] = [("name", "str", field(default=name))]
+    random = False
+    for fn in functions:
+        for p in inspect.signature(fn).parameters.values():
+            random |= p.name == "generator"
+            if p.name in _NOT_HYPER or p.default is inspect.Parameter.empty or p.name in {f[0] for f in fields}:
+                continue
+            fields.append((p.name, p.annotation, field(default=p.default)))
+    if random:
+        fields.append(("seed", "int | None", field(default=0)))
+    namespace: dict[str, Any] = {
+        "__doc__": doc,
+        "_fraction_fields": tuple(n for n, a, _ in fields if "float" in str(a)),
+    }
+    if targeted is not None:
+        if "targeted" in {f[0] for f in fields}:
+            raise TypeError(f"attack {name!r} has a `targeted` parameter: it cannot also be fixed")
+        namespace["targeted"] = targeted
+    cls = dataclasses.make_dataclass(cls_name, fields, bases=(_Parse,), namespace=namespace)
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass
-class PgdConfig(_Parse):
-    """PGD (Madry et al. 2018), eps/alpha in [0,1] units."""
+AsmaConfig = _config_class("AsmaConfig", "asma", (asma,), targeted=True, doc="""ASMA (Ozbulak et al. 2019), targeted;
+see :func:`lightning_seg.attacks.asma.asma` for the defaults (scale-free relative step, early stop at IoU 0.95) and
+``attack=asma_paper`` for the paper's raw schedule.""")
+AsmConfig = _config_class("AsmConfig", "asm", (asm,), targeted=True,
+                          doc="ASM ablation of ASMA: adaptive mask, fixed multiplier.")
+SsmConfig = _config_class("SsmConfig", "ssm", (ssm,), targeted=True,
+                          doc="SSM ablation of ASMA: no adaptive mask, fixed multiplier.")
+DagConfig = _config_class("DagConfig", "dag", (dag,),
+                          doc="DAG (Xie et al. 2017); gamma in [0,1] units (paper 0.5 on 0-255).")
+PgdConfig = _config_class("PgdConfig", "pgd", (pgd,), doc="PGD (Madry et al. 2018), eps/alpha in [0,1] units.")
+FgsmConfig = _config_class("FgsmConfig", "fgsm", (fgsm,), doc="FGSM (Goodfellow et al. 2015).")
+SegPgdConfig = _config_class("SegPgdConfig", "segpgd", (segpgd,), doc="SegPGD (Gu et al. 2022).")
+CosPgdConfig = _config_class("CosPgdConfig", "cospgd", (cospgd,), doc="CosPGD (Agnihotri et al. 2024).")
+UpConfig = _config_class("UpConfig", "up", (universal_perturbation, universal_attack), targeted=True, doc="""Universal
+perturbation (Metzen et al. 2017), targeted: fitted with :func:`universal_perturbation`, evaluated with
+:func:`universal_attack` (``adv_threshold``); the static target mask is passed to ``fit``.""")
+SynthesisConfig = _config_class("SynthesisConfig", "synthesis", (synthesis,), targeted=False, doc="""Chen-style
+synthesis (SASHIMI 2019): smooth deformation + bias field + noise, optimised to lower Dice, then scaled by bisection
+to a Dice drop of ``dice_drop`` +- ``tol`` against the equally deformed label; see
+:func:`lightning_seg.attacks.synthesis.synthesis`. Untargeted: the reference is the (deformed) ground truth. Budgets:
+velocity grid of one control point per ``morph_spacing`` px, ||v||_2 <= ``eps_morph`` (normalised coords, AdvChain
+scale) and max displacement <= ``max_disp_px`` px; |bias - 1| <= ``eps_bias`` on ``bias_cells`` B-spline cells per
+axis; noise per-value RMS <= ``noise_std``. ``structures``: Dice per union of classes (None: per foreground class;
+the attack command sets the task's structures, e.g. glaucoma disc and cup).""")
 
-    name: str = "pgd"
-    eps: float = 4 / 255
-    alpha: float = 1 / 255
-    steps: int = 10
-    norm: str = "linf"
-    targeted: bool = False
-    random_start: bool = True
-    adv_threshold: float = 0.99
-    seed: int | None = 0
-    _fraction_fields = ("eps", "alpha")
-
-
-@dataclass
-class FgsmConfig(_Parse):
-    """FGSM (Goodfellow et al. 2015)."""
-
-    name: str = "fgsm"
-    eps: float = 4 / 255
-    norm: str = "linf"
-    targeted: bool = False
-    adv_threshold: float = 0.99
-    _fraction_fields = ("eps",)
-
-
-@dataclass
-class SegPgdConfig(PgdConfig):
-    """SegPGD (Gu et al. 2022)."""
-
-    name: str = "segpgd"
-    steps: int = 20
-
-
-@dataclass
-class CosPgdConfig(PgdConfig):
-    """CosPGD (Agnihotri et al. 2024)."""
-
-    name: str = "cospgd"
-    steps: int = 20
-
-
-@dataclass
-class UpConfig(_Parse):
-    """Universal perturbation (Metzen et al. 2017); the static target mask is passed to ``fit``."""
-
-    name: str = "up"
-    eps: float = 10 / 255
-    alpha: float = 1 / 255
-    epochs: int = 10
-    mode: str = "dynamic"
-    hide_class: int = 1
-    omega: float = 0.7
-    tau_conf: float = 0.75
-    reference: str = "prediction"
-    random_start: bool = False
-    adv_threshold: float = 0.99
-    seed: int | None = 0
-    _fraction_fields = ("eps", "alpha")
-
-
-@dataclass
-class SynthesisConfig(_Parse):
-    """Chen-style synthesis (SASHIMI 2019; REFERENCE 2.8): smooth deformation + bias field + noise, optimised to
-    lower Dice, then scaled by bisection to a Dice drop of ``dice_drop`` +- ``tol`` against the equally deformed
-    label; see :func:`lightning_seg.attacks.synthesis.synthesis`. Untargeted. Budgets: velocity grid of one control
-    point per ``morph_spacing`` px, ||v||_2 <= ``eps_morph`` (normalised coords, AdvChain scale) and max displacement
-    <= ``max_disp_px`` px; |bias - 1| <= ``eps_bias`` on ``bias_cells`` B-spline cells per axis; noise per-value RMS
-    <= ``noise_std``. ``structures``: Dice per union of classes (None: per foreground class; the attack command
-    sets the task's structures, e.g. glaucoma disc and cup)."""
-
-    name: str = "synthesis"
-    dice_drop: float = 0.2
-    tol: float = 0.02
-    steps: int = 10
-    step_size: float = 0.5
-    bisect_steps: int = 10
-    init: str = "random"
-    morph_spacing: int = 16
-    eps_morph: float = 1.5
-    max_disp_px: float | None = 6.0
-    diffeomorphic: bool = True
-    ss_steps: int = 8
-    bias_cells: int = 2
-    eps_bias: float = 0.3
-    noise_std: float = 0.01
-    label_mode: str = "bilinear"
-    structures: list[list[int]] | None = None
-    seed: int | None = 0
-    targeted = False  # class attribute, not a field: untargeted, the reference is the (deformed) ground truth
-    _fraction_fields = ("noise_std", "eps_bias", "tol", "dice_drop")
-
-    def kwargs(self) -> dict[str, Any]:
-        kw = super().kwargs()
-        kw["structures"] = None if self.structures is None else tuple(tuple(int(i) for i in s) for s in self.structures)
-        return kw
-
+# attack name -> the function(s) whose keyword defaults make up its config (the first one runs the attack).
+FUNCTIONS: dict[str, tuple[Callable[..., Any], ...]] = {
+    "asma": (asma,), "asm": (asm,), "ssm": (ssm,), "dag": (dag,), "fgsm": (fgsm,), "pgd": (pgd,),
+    "segpgd": (segpgd,), "cospgd": (cospgd,), "up": (universal_perturbation, universal_attack),
+    "synthesis": (synthesis,),
+}
 
 CONFIGS: dict[str, type[_Parse]] = {
     "asma": AsmaConfig,
@@ -223,25 +136,18 @@ CONFIGS: dict[str, type[_Parse]] = {
     "synthesis": SynthesisConfig,
 }
 
-_FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
-    "asma": asma, "asm": asma, "ssm": asma, "dag": dag, "fgsm": fgsm, "pgd": pgd, "segpgd": segpgd, "cospgd": cospgd,
-    "synthesis": synthesis,
-}
+
+def attack_defaults(name: str) -> dict[str, Any]:
+    """All parameters of registered attack ``name`` with their defaults (the config layer's ``attack.<key>`` base);
+    empty for an unknown name, which :func:`build_attack` reports."""
+    return dataclasses.asdict(CONFIGS[name]()) if name in CONFIGS else {}
 
 
-_FRACTION = re.compile(r"^\s*[-+]?\d*\.?\d+(e[-+]?\d+)?\s*/\s*\d*\.?\d+(e[-+]?\d+)?\s*$", re.IGNORECASE)
-
-
-def normalize_fraction_overrides(dotlist: list[str]) -> list[str]:
-    """Rewrite ``key=8/255`` dotlist overrides to ``key=0.0313...`` so that an OmegaConf
-    structured schema typed ``float`` accepts them (OmegaConf keeps ``8/255`` as a string)."""
-    out = []
-    for item in dotlist:
-        key, sep, value = item.partition("=")
-        if sep and _FRACTION.match(value):
-            item = f"{key}={parse_fraction(value)!r}"
-        out.append(item)
-    return out
+def is_targeted(attack: Any) -> bool:
+    """The one rule: an attack (or its config) is targeted iff its config says so: the ``targeted`` field of attacks
+    that can be either (PGD family, DAG), else the config class's fixed answer (ASMA family and the universal
+    perturbation: targeted; synthesis: untargeted)."""
+    return bool(getattr(attack, "config", attack).targeted)
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -258,7 +164,7 @@ class Attack:
 
     @property
     def targeted(self) -> bool:
-        return bool(getattr(self.config, "targeted", True))
+        return is_targeted(self)
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, *, mask: Tensor | None = None,
                  perturbation_mask: Tensor | None = None) -> AttackResult:
@@ -275,7 +181,10 @@ class UniversalAttack:
     name: str
     config: UpConfig
     perturbation: UniversalPerturbation | None = None
-    targeted: bool = True
+
+    @property
+    def targeted(self) -> bool:
+        return is_targeted(self)
 
     def fit(self, model: nn.Module, batches: Iterable[Any], *, target: Tensor | None = None) -> UniversalPerturbation:
         c = self.config
@@ -317,7 +226,7 @@ def _register(name: str) -> None:
     if name == "up":
         ATTACKS.register(name)(lambda **kw: UniversalAttack(name, _make_config(name, kw)))
     else:
-        ATTACKS.register(name)(lambda **kw: Attack(name, _make_config(name, kw), _FUNCTIONS[name]))
+        ATTACKS.register(name)(lambda **kw: Attack(name, _make_config(name, kw), FUNCTIONS[name][0]))
 
 
 for _name in CONFIGS:
@@ -329,13 +238,6 @@ def build_attack(name: str, **overrides: Any) -> Attack | UniversalAttack:
     return ATTACKS.build(name, **overrides)
 
 
-__all__ = [
-    "ATTACKS", "CONFIGS", "Attack", "AsmConfig", "AsmaConfig", "CosPgdConfig", "DagConfig", "FgsmConfig",
-    "PgdConfig", "SegPgdConfig", "SsmConfig", "SynthesisConfig", "UniversalAttack", "UpConfig", "build_attack",
-    "normalize_fraction_overrides",
-]
-
-
 def build_named_attack(name: str, sections: dict[str, Any] | None = None, **overrides: Any) -> Any:
     """An attack from a key of the config's ``attack`` section (e.g. ``asma_paper``) or a registered name."""
     params = dict((sections or {}).get(name, {}))
@@ -344,16 +246,17 @@ def build_named_attack(name: str, sections: dict[str, Any] | None = None, **over
     return build_attack(registered, **params)
 
 
-
 def bind_task(attack: Any, task: Task) -> Any:
     """Give an attack that scores Dice itself (synthesis: ``structures`` = None) the task's structures, so that its
-    Dice is the project's reporting Dice (glaucoma: disc = {rim, cup} and cup, REFERENCE 1.1)."""
+    Dice is the project's reporting Dice (glaucoma: disc = {rim, cup} and cup, not rim and cup)."""
     config = getattr(attack, "config", None)
     if config is not None and hasattr(config, "structures") and config.structures is None:
         config.structures = [list(ids) for _, ids in task.structures]
     return attack
 
 
-
-def is_targeted(attack: Any) -> bool:
-    return bool(getattr(attack, "targeted", getattr(attack.config, "targeted", True)))
+__all__ = [
+    "ATTACKS", "CONFIGS", "FUNCTIONS", "Attack", "AsmConfig", "AsmaConfig", "CosPgdConfig", "DagConfig", "FgsmConfig",
+    "PgdConfig", "SegPgdConfig", "SsmConfig", "SynthesisConfig", "UniversalAttack", "UpConfig", "attack_defaults",
+    "bind_task", "build_attack", "build_named_attack", "is_targeted",
+]

@@ -1,4 +1,4 @@
-"""CosPGD (Agnihotri, Jung, Keuper, ICML 2024; package ``cospgd`` 0.1.3), REFERENCE 2.5.
+"""CosPGD (Agnihotri, Jung, Keuper, ICML 2024; package ``cospgd`` 0.1.3).
 
 Per-pixel detached weight ``w_p = cos(softmax(z_p), onehot(y_p)) = softmax(z_p)_y / ||softmax(z_p)||_2``
 (softmax as in the package code; the SEA restatement uses sigmoid). Untargeted:
@@ -9,12 +9,12 @@ silently turns ignore index 255 into the last class: not reproduced).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_seg.attacks.pgd import pgd_core
+from lightning_seg.attacks._common import variant
+from lightning_seg.attacks.pgd import pgd, pgd_core
 from lightning_seg.attacks.result import AttackResult
 
 
@@ -26,26 +26,12 @@ def cospgd_weight(logits: Tensor, labels: Tensor, t: int, steps: int, targeted: 
     return 1 - w if targeted else w
 
 
-def cospgd(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    mask: Tensor | None = None,
-    perturbation_mask: Tensor | None = None,
-    eps: float = 4 / 255,
-    alpha: float = 1 / 255,
-    steps: int = 20,
-    norm: Literal["linf", "l2"] = "linf",
-    targeted: bool = False,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-    adv_threshold: float = 0.99,
-) -> AttackResult:
-    """CosPGD attack; arguments as :func:`lightning_seg.attacks.pgd.pgd`."""
-    return pgd_core(model, images, labels, mask=mask, perturbation_mask=perturbation_mask, eps=eps, alpha=alpha,
-                    steps=steps, norm=norm, targeted=targeted, random_start=random_start, generator=generator,
-                    adv_threshold=adv_threshold, weight_fn=cospgd_weight, name="cospgd")
+def _run(**kwargs: Any) -> AttackResult:
+    return pgd_core(**kwargs, weight_fn=cospgd_weight, name="cospgd")
+
+
+cospgd = variant(pgd, "cospgd", "CosPGD attack; arguments and defaults as :func:`lightning_seg.attacks.pgd.pgd`, but "
+                 "20 steps.", run=_run, steps=20)
 
 
 __all__ = ["cospgd", "cospgd_weight"]

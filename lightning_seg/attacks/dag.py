@@ -1,4 +1,4 @@
-"""DAG: Dense Adversary Generation (Xie et al., ICCV 2017, arXiv 1703.08603), REFERENCE 2.2.
+"""DAG: Dense Adversary Generation (Xie et al., ICCV 2017, arXiv 1703.08603).
 
 Paper version (not adv_lib's margin variant): adversarial labels l'_n are fixed before the loop
 (untargeted: drawn uniformly among the K-1 wrong classes per pixel with ``generator``;
@@ -12,7 +12,7 @@ there is the current prediction). Per image
 
 then the image is clamped to [0,1] (project rule). An image stops when its APSR reaches
 ``adv_threshold`` (1.0 = the paper's "active set empty"); finished images are frozen and the
-active sub-batch shrinks every ``check_every`` iterations (one host sync per check).
+active sub-batch shrinks every ``check_every`` iterations (:class:`ActiveSet`: one host sync per check).
 
 Units: ``gamma`` is in [0,1] image units. The paper's gamma = 0.5 is on the 0-255 scale, so the
 default here is 0.5/255 ~ 0.00196. (adv_lib's default gamma = 0.5 is in [0,1] units, i.e. huge.)
@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.attacks._common import check_inputs, check_output, finish, per_image, project_box
+from lightning_seg.attacks._common import ActiveSet, check_inputs, check_output, finish, per_image, project_box
 from lightning_seg.attacks.guard import attack_guard
 from lightning_seg.attacks.measure import apsr, class_map
 from lightning_seg.attacks.result import AttackResult
@@ -65,26 +65,16 @@ def dag(
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     x0, lab, cnt, pm = check_inputs(images, labels, mask, perturbation_mask)
-    B = x0.shape[0]
     dev = x0.device
     with attack_guard(model) as ctx:
         delta = torch.zeros_like(x0)
-        iters = torch.zeros(B, dtype=torch.long, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        idx = torch.arange(B, device=dev)
-        full = True
+        active = ActiveSet(x0.shape[0], dev, check_every)
         adv_lab = lab
         for m in range(max_iter):
-            if m == 1 or (m > 0 and m % check_every == 0):
-                keep = ~done[idx]
-                if not bool(keep.any()):  # one sync per check
-                    break
-                if not bool(keep.all()):
-                    idx = idx[keep]
-                    full = False
-            sel = (lambda t: t) if full else (lambda t: t[idx])
-            xa, la, ca = sel(x0), sel(lab), sel(cnt)
-            d = sel(delta).detach().clone().requires_grad_(True)
+            if not active.running(m):
+                break
+            xa, la, ca = active.take(x0), active.take(lab), active.take(cnt)
+            d = active.take(delta).detach().clone().requires_grad_(True)
             z = ctx.forward(xa + d)
             if m == 0:
                 check_output(z, la)
@@ -97,24 +87,22 @@ def dag(
                     adv_lab = (lab + off) % K
             pred = class_map(z).detach()
             if targeted:
-                active = ca & (pred != la)
+                on = ca & (pred != la)
                 src, dst = pred, la
             else:
-                active = ca & (pred == la)
-                src, dst = la, sel(adv_lab)
+                on = ca & (pred == la)
+                src, dst = la, active.take(adv_lab)
             gain = z.gather(1, dst.unsqueeze(1)).squeeze(1) - z.gather(1, src.unsqueeze(1)).squeeze(1)
-            r = ctx.grad((gain * active).sum(), d)
-            fin = (apsr(pred, la, ca, targeted) >= adv_threshold) | sel(done)
-            done[idx] = fin
-            go = ~fin
+            r = ctx.grad((gain * on).sum(), d)
+            go = active.step(apsr(pred, la, ca, targeted) >= adv_threshold)
             n = r.flatten(1).abs().amax(1) if norm == "linf" else r.flatten(1).norm(dim=1)
             scale = torch.where(go & (n > 0), gamma / n.clamp_min(1e-30), torch.zeros_like(n))
-            iters[idx] = sel(iters) + go.long()
-            delta[idx] = project_box(xa, d.detach() + per_image(scale) * r, None if pm is None else sel(pm))
+            delta = active.put(delta, project_box(xa, d.detach() + per_image(scale) * r,
+                                                  None if pm is None else active.take(pm)))
         extras = {"gamma": gamma, "norm": norm}
         if not targeted:
             extras["adversarial_labels"] = adv_lab
-        return finish(ctx, x0, delta, lab, cnt, targeted=targeted, iterations=iters, criterion="apsr",
+        return finish(ctx, x0, delta, lab, cnt, targeted=targeted, iterations=active.iterations, criterion="apsr",
                       threshold=adv_threshold, extras=extras)
 
 

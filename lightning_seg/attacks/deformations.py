@@ -3,33 +3,37 @@
 Used by the Chen-style synthesis attack (:mod:`lightning_seg.attacks.synthesis`) and meant
 to double as (adversarial) data augmentation in training. Our own torch implementation;
 the design follows the transform table of AdvChain (Chen Chen et al., MedIA 2022,
-cherise215/advchain) as restated in REFERENCE.md section 2.8 -- ideas, not code.
+cherise215/advchain) -- ideas, not code.
 
 A transform ``T`` maps an image ``x`` ([B,C,H,W] in [0,1]) to
 
-    x' = clamp( b(p) * x(phi(p)) + alpha * delta , 0, 1 )          (REFERENCE 2.8, T = noise o bias o morph)
+    x' = clamp( b(p) * x(phi(p)) + alpha * delta , 0, 1 )          (T = noise o bias o morph, as AdvChain chains them)
 
 * **morph** ``phi``: diffeomorphic warp from a stationary velocity field (SVF). The velocity
   lives on a coarse grid of ``ceil(H/morph_spacing) x ceil(W/morph_spacing)`` control points in
   *normalised* coordinates ([-1,1] spans the image, the AdvChain unit). Budget (AdvChain
-  scale): per-sample L2 norm of the coarse grid ``||v||_2 <= eps_morph`` (default 1.5). The
-  grid is upsampled bicubically to full resolution, converted to pixels, and integrated
-  by scaling and squaring (``ss_steps`` = 8 halvings), giving ``phi = exp(v)``. Because the
-  norm is taken over the whole coarse grid, the pixel displacement it allows depends on the
-  grid size; always read the reported ``max_disp_px``. The coarse grid is Gaussian-smoothed
-  (sigma 1 control point, as AdvChain) before upsampling. Measured for random velocities at
-  eps 1.5: max displacement 6-14 px and min Jacobian determinant >= 0.49 at 64^2, 256^2
-  and 512^2 (16 samples each).
+  scale): per-sample L2 norm of the coarse grid ``||v||_2 <= eps_morph``. The grid is
+  upsampled bicubically to full resolution, converted to pixels, and integrated by scaling
+  and squaring (``ss_steps`` halvings), giving ``phi = exp(v)``. Because the norm is taken
+  over the whole coarse grid, the pixel displacement it allows depends on the grid size;
+  hence the pixel bound ``max_disp_px`` on top, and the reported ``max_disp_px`` of a
+  result. The coarse grid is Gaussian-smoothed (sigma 1 control point, as AdvChain) before
+  upsampling.
 * **bias**: multiplicative field ``b = exp(alpha * S(c))``, ``S`` the uniform cubic B-spline
   through log-bias control points ``c`` (``bias_cells`` spline cells per axis, AdvChain
   spacing H/2 => 2), the same field for all channels. ``c`` is clamped to
   ``[log(1-eps_bias), log(1+eps_bias)]``; the B-spline basis is non-negative and sums to one,
-  so ``S(c)`` stays in that interval and ``|b - 1| <= eps_bias`` holds exactly (default 0.3).
+  so ``S(c)`` stays in that interval and ``|b - 1| <= eps_bias`` holds exactly.
 * **noise**: additive ``delta`` with per-sample ``||delta||_2 <= eps_noise`` over all
-  channels and pixels in [0,1] units (default 1.0, the AdvChain README value).
+  channels and pixels in [0,1] units; by default ``eps_noise = noise_std * sqrt(C*H*W)``, i.e.
+  a per-value RMS of at most ``noise_std``, so that one budget fits every image size.
 
-Setting an ``eps_*`` to 0 disables that component. ``alpha`` ([B], in [0,1]) scales all
-components together: velocity * alpha, log-bias * alpha, noise * alpha (``scale``).
+The defaults of :class:`TransformConfig` are the project's synthesis budgets (those of
+``attack=synthesis``; :func:`lightning_seg.attacks.synthesis.synthesis` takes its budget defaults
+from here).
+
+Setting ``eps_morph``, ``eps_bias`` or the noise budget to 0 disables that component. ``alpha`` ([B], in [0,1])
+scales all components together: velocity * alpha, log-bias * alpha, noise * alpha (``scale``).
 
 Warping uses our own bilinear sampler in pixel coordinates with border padding (the same
 arithmetic as ``grid_sample(..., align_corners=True, padding_mode="border")``), because
@@ -73,7 +77,9 @@ class TransformConfig:
     morph_spacing: pixels per coarse velocity control point (grid = ceil(H/spacing), >= 2).
     ss_steps: scaling-and-squaring steps (velocity divided by 2**ss_steps, then squared).
     velocity_sigma: Gaussian smoothing of the coarse velocity grid, in control-point units.
-    eps_noise: per-sample L2 bound of the additive noise in [0,1] units (0 disables it).
+    noise_std: bound on the per-value RMS of the additive noise in [0,1] units (0 disables it).
+    eps_noise: per-sample L2 bound of the noise instead (None: ``noise_std * sqrt(C*H*W)``, see
+        :meth:`noise_radius`; 0 disables it).
     label_mode: "bilinear" (one-hot, bilinear, argmax) or "nearest".
     max_disp_px: hard bound on the displacement in pixels (None: only the eps_morph bound). The
         full-resolution velocity is rescaled per image so that max |v| <= max_disp_px; the flow
@@ -88,16 +94,18 @@ class TransformConfig:
     morph_spacing: int = 16
     ss_steps: int = 8
     velocity_sigma: float = 1.0
-    eps_noise: float = 1.0
+    noise_std: float = 0.01
+    eps_noise: float | None = None
     label_mode: str = "bilinear"
-    max_disp_px: float | None = None
+    max_disp_px: float | None = 6.0
     diffeomorphic: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eps_bias < 1.0:
             raise ValueError(f"eps_bias={self.eps_bias} must be in [0, 1) so that 1 - eps_bias > 0")
-        if self.eps_morph < 0 or self.eps_noise < 0:
-            raise ValueError(f"eps_morph={self.eps_morph} and eps_noise={self.eps_noise} must be >= 0")
+        if self.eps_morph < 0 or self.noise_std < 0 or (self.eps_noise is not None and self.eps_noise < 0):
+            raise ValueError(f"eps_morph={self.eps_morph}, noise_std={self.noise_std} and eps_noise={self.eps_noise} "
+                             "must be >= 0")
         if self.bias_cells < 1 or self.morph_spacing < 1 or self.ss_steps < 0:
             raise ValueError("bias_cells and morph_spacing must be >= 1 and ss_steps >= 0")
         if self.max_disp_px is not None and self.max_disp_px <= 0:
@@ -108,6 +116,10 @@ class TransformConfig:
     def velocity_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
         h, w = image_size
         return max(2, math.ceil(h / self.morph_spacing)), max(2, math.ceil(w / self.morph_spacing))
+
+    def noise_radius(self, numel: int) -> float:
+        """Per-sample L2 bound of the noise for samples of ``numel`` values (C*H*W)."""
+        return self.eps_noise if self.eps_noise is not None else self.noise_std * math.sqrt(numel)
 
     def bias_grid(self) -> tuple[int, int]:
         return self.bias_cells + 3, self.bias_cells + 3
@@ -184,7 +196,8 @@ def _gaussian_smooth(v: Tensor, sigma: float) -> Tensor:
 
 
 def integrate_velocity(
-    velocity: Tensor, image_size: tuple[int, int], ss_steps: int = 8, sigma: float = 1.0,
+    velocity: Tensor, image_size: tuple[int, int], ss_steps: int = TransformConfig.ss_steps,
+    sigma: float = TransformConfig.velocity_sigma,
     max_disp_px: float | None = None, diffeomorphic: bool = True, alpha: Tensor | None = None,
 ) -> Tensor:
     """Displacement [B,2,H,W] in pixels (dy, dx) of ``phi = exp(v)`` by scaling and squaring.
@@ -341,7 +354,7 @@ class SmoothTransform:
             lo, hi = cfg.log_bias_bounds
             self.log_bias.clamp_(lo, hi)
         if self.noise is not None:
-            self.noise.copy_(_project_l2(self.noise, cfg.eps_noise))
+            self.noise.copy_(_project_l2(self.noise, cfg.noise_radius(self.noise[0].numel())))
         return self
 
     # --- fields
@@ -435,7 +448,7 @@ def identity_transform(
         tuple(image_size),  # type: ignore[arg-type]
         z(2, gh, gw) if cfg.eps_morph > 0 else None,
         z(1, ch, cw) if cfg.eps_bias > 0 else None,
-        z(channels, *image_size) if cfg.eps_noise > 0 else None,
+        z(channels, *image_size) if cfg.noise_radius(channels * image_size[0] * image_size[1]) > 0 else None,
     )
 
 
@@ -449,7 +462,7 @@ def sample_random_transform(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> SmoothTransform:
-    """Random transform at full budget, as AdvChain initialises (REFERENCE 2.8).
+    """Random transform at full budget, as AdvChain initialises its adversarial transforms.
 
     velocity: Gaussian direction rescaled to ||v||_2 = eps_morph; log-bias control points
     ~ U[log(1-eps_bias), log(1+eps_bias)]; noise: Gaussian direction with ||delta||_2 =
@@ -473,6 +486,7 @@ def sample_random_transform(
         lo, hi = cfg.log_bias_bounds
         u = torch.rand(batch_size, 1, *cfg.bias_grid(), generator=generator, device=gdev, dtype=dtype).to(device)
         log_bias = lo + (hi - lo) * u
-    if cfg.eps_noise > 0:
-        noise = on_sphere(randn(channels, *image_size), cfg.eps_noise)
+    eps_noise = cfg.noise_radius(channels * image_size[0] * image_size[1])
+    if eps_noise > 0:
+        noise = on_sphere(randn(channels, *image_size), eps_noise)
     return SmoothTransform(cfg, tuple(image_size), velocity, log_bias, noise)  # type: ignore[arg-type]

@@ -1,4 +1,7 @@
-"""Model guard and forward/backward accounting for attacks (REFERENCE 1.4 rules 1-2).
+"""Model guard and forward/backward accounting for attacks.
+
+An attack must neither change the model (weights, BatchNorm statistics, train/eval flags) nor be
+steered by train-mode behaviour (dropout, batch statistics); this module enforces both.
 
 ``attack_guard(model)`` puts every module in eval mode (BatchNorm uses running stats and
 does not update them, dropout off), sets ``requires_grad=False`` on all parameters (no
@@ -8,8 +11,9 @@ previous per-module training flags and per-parameter ``requires_grad`` on exit, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,11 +42,16 @@ class AttackContext:
         self.forwards += int(x.shape[0])
         return binary_logits(z) if z.shape[1] == 1 else z
 
-    def grad(self, loss: Tensor, wrt: Tensor) -> Tensor:
-        """Input gradient via ``torch.autograd.grad`` (never ``.backward()``)."""
-        (g,) = torch.autograd.grad(loss, wrt)
-        self.backwards += int(wrt.shape[0])
-        return g
+    def grad(self, loss: Tensor, wrt: Tensor | Sequence[Tensor]) -> Any:
+        """Gradient of ``loss`` w.r.t. the input (or a list of per-sample attack parameters, e.g. the synthesis
+        transform's) via ``torch.autograd.grad``, never ``.backward()``: no parameter ``.grad`` is touched."""
+        if isinstance(wrt, Tensor):
+            (g,) = torch.autograd.grad(loss, wrt)
+            self.backwards += int(wrt.shape[0])
+            return g
+        grads = list(torch.autograd.grad(loss, list(wrt)))
+        self.backwards += int(wrt[0].shape[0])
+        return grads
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Per-image attack metrics (REFERENCE 5.1, 5.2, 5.5), all batched torch, no host sync.
+"""Per-image attack metrics (IoU as in ASMA's Table 1, adv_lib's APSR, norms), all batched torch, no host sync.
 
 Every function returns one value per image ([B] tensors) so that images never couple.
 Conventions: IoU(empty, empty) = 1; empty target with a non-empty prediction = 0; pixels
@@ -16,7 +16,7 @@ def binary_logits(z: Tensor) -> Tensor:
     """Turn a 1-channel sigmoid head ``z`` [B,1,h,w] into 2-class logits ``[0, z]`` [B,2,h,w].
 
     softmax([0, z])[1] = sigmoid(z) and argmax = 1[z > 0], so argmax/gather based attacks
-    (ASMA, DAG, CE-PGD) apply unchanged (REFERENCE 1.1).
+    (ASMA, DAG, CE-PGD) apply unchanged.
     """
     if z.dim() != 4 or z.shape[1] != 1:
         raise ValueError(f"binary_logits expects [B,1,h,w] logits, got shape {tuple(z.shape)}")
@@ -25,8 +25,7 @@ def binary_logits(z: Tensor) -> Tensor:
 
 def class_map(logits: Tensor) -> Tensor:
     """``logits.argmax(1)`` (first maximum on ties), computed as ``max(1).indices``: on CPU, argmax over
-    the class dim of [B,K,H,W] takes a slow strided path (about 18x slower at 4x2x96x96, 1 thread),
-    which alone cost attacks about 10 % per iteration."""
+    the class dim of [B,K,H,W] takes a slow strided path, a noticeable share of an attack iteration."""
     return logits.max(1).indices
 
 
@@ -40,7 +39,7 @@ def per_image_iou(pred: Tensor, ref: Tensor, mask: Tensor | None = None, num_cla
     """Per-image IoU of ``pred`` vs ``ref`` (both long [B,h,w]) over counted pixels.
 
     2 classes: foreground (class 1) IoU. K > 2: mean IoU over the classes present in
-    ref ∪ pred (ASMA Table 1 metric, REFERENCE 5.1). IoU(∅,∅) = 1.
+    ref ∪ pred (ASMA Table 1 metric). IoU(∅,∅) = 1.
     """
     m = _flat(mask, ref).flatten(1)
     p = pred.flatten(1)
@@ -73,7 +72,7 @@ def pixel_accuracy(pred: Tensor, ref: Tensor, mask: Tensor | None = None) -> Ten
 
 
 def apsr(pred: Tensor, ref: Tensor, mask: Tensor | None = None, targeted: bool = False) -> Tensor:
-    """Attack pixel success rate (adv_lib, REFERENCE 5.2): fraction of counted pixels at the
+    """Attack pixel success rate (adv_lib): fraction of counted pixels at the
     target (targeted) or away from the label (untargeted)."""
     acc = pixel_accuracy(pred, ref, mask)
     if targeted:
@@ -84,7 +83,7 @@ def apsr(pred: Tensor, ref: Tensor, mask: Tensor | None = None, targeted: bool =
 
 
 def l2_norm(delta: Tensor) -> Tensor:
-    """Unnormalised per-image L2 over all channels and pixels ([0,1] units, REFERENCE 1.2)."""
+    """Unnormalised per-image L2 over all channels and pixels ([0,1] units)."""
     return delta.flatten(1).to(torch.float32).norm(p=2, dim=1)
 
 

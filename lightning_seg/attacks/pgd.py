@@ -13,6 +13,7 @@ random start. Returns the final iterate; success = APSR >= ``adv_threshold``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Literal
 
@@ -135,6 +136,9 @@ def pgd(
                     adv_threshold=adv_threshold, name="pgd")
 
 
+_PGD = {n: p.default for n, p in inspect.signature(pgd).parameters.items()}  # FGSM shares PGD's defaults
+
+
 def fgsm(
     model: nn.Module,
     images: Tensor,
@@ -142,10 +146,10 @@ def fgsm(
     *,
     mask: Tensor | None = None,
     perturbation_mask: Tensor | None = None,
-    eps: float = 4 / 255,
-    norm: Literal["linf", "l2"] = "linf",
-    targeted: bool = False,
-    adv_threshold: float = 0.99,
+    eps: float = _PGD["eps"],
+    norm: Literal["linf", "l2"] = _PGD["norm"],
+    targeted: bool = _PGD["targeted"],
+    adv_threshold: float = _PGD["adv_threshold"],
 ) -> AttackResult:
     """FGSM (Goodfellow et al. 2015): one step of size eps (L2: fast gradient method)."""
     return pgd_core(model, images, labels, mask=mask, perturbation_mask=perturbation_mask, eps=eps,

@@ -1,4 +1,4 @@
-"""The result object every attack returns (REFERENCE 1.5)."""
+"""The result object every attack returns: per-image outcome, norms and model-call counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SegPGD (Gu, Zhao, Tresp, Torr, ECCV 2022, arXiv 2207.12391), REFERENCE 2.4.
+"""SegPGD (Gu, Zhao, Tresp, Torr, ECCV 2022, arXiv 2207.12391).
 
 ``L_t = 1/|counted| [ (1 - lambda_t) sum_{p in P^T} CE_p + lambda_t sum_{p in P^F} CE_p ]`` with
 ``lambda_t = (t - 1) / (2T)``, t = 1..T (0 at the first step, -> 1/2), P^T / P^F the pixels whose
@@ -12,13 +12,14 @@ swapped weights, normalisation over the whole batch.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_seg.attacks._common import variant
 from lightning_seg.attacks.measure import class_map
-from lightning_seg.attacks.pgd import pgd_core
+from lightning_seg.attacks.pgd import pgd, pgd_core
 from lightning_seg.attacks.result import AttackResult
 
 
@@ -31,26 +32,12 @@ def segpgd_weight(logits: Tensor, labels: Tensor, t: int, steps: int, targeted: 
                        torch.full_like(labels, 0, dtype=logits.dtype) + w_wrong)
 
 
-def segpgd(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    mask: Tensor | None = None,
-    perturbation_mask: Tensor | None = None,
-    eps: float = 4 / 255,
-    alpha: float = 1 / 255,
-    steps: int = 20,
-    norm: Literal["linf", "l2"] = "linf",
-    targeted: bool = False,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-    adv_threshold: float = 0.99,
-) -> AttackResult:
-    """SegPGD attack; arguments as :func:`lightning_seg.attacks.pgd.pgd`."""
-    return pgd_core(model, images, labels, mask=mask, perturbation_mask=perturbation_mask, eps=eps, alpha=alpha,
-                    steps=steps, norm=norm, targeted=targeted, random_start=random_start, generator=generator,
-                    adv_threshold=adv_threshold, weight_fn=segpgd_weight, name="segpgd")
+def _run(**kwargs: Any) -> AttackResult:
+    return pgd_core(**kwargs, weight_fn=segpgd_weight, name="segpgd")
+
+
+segpgd = variant(pgd, "segpgd", "SegPGD attack; arguments and defaults as :func:`lightning_seg.attacks.pgd.pgd`, but "
+                 "20 steps.", run=_run, steps=20)
 
 
 __all__ = ["segpgd", "segpgd_weight"]

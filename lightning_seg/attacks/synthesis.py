@@ -4,8 +4,7 @@ Liang Chen et al., "Intelligent image synthesis to attack a segmentation CNN usi
 adversarial learning", SASHIMI 2019 (arXiv 1909.11167): adversarial examples made of
 anatomical variation (deformation) and appearance change that lower Dice by a
 pre-specified amount without a target mask. The paper's generator is not public; this is
-the project design of REFERENCE.md section 2.8 on top of AdvChain-style transforms
-(:mod:`lightning_seg.deformations`):
+our own design on top of AdvChain-style transforms (:mod:`lightning_seg.attacks.deformations`):
 
 1. Direction: ``steps`` normalised-gradient-ascent steps on ``1 - softDice(f(T(x)), y o phi)``
    over the transform parameters (velocity grid, log-bias control points, noise); each
@@ -18,7 +17,7 @@ the project design of REFERENCE.md section 2.8 on top of AdvChain-style transfor
    no evaluated alpha lands in the window (e.g. alpha = 1 does not lower Dice enough); the
    result then holds the alpha closest to the target.
 
-Scoring is always against the warped label ``y o phi`` (REFERENCE 2.8 item 3), so a
+Scoring is always against the warped label ``y o phi``: the anatomy moved with the image, so a
 deformation alone does not lower the Dice of a perfect, equivariant model.
 
 Dice (hard, for the target and the report): per image, mean over the foreground classes
@@ -26,16 +25,20 @@ Dice (hard, for the target and the report): per image, mean over the foreground 
 with Dice = 1 when a class is absent from both, over the pixels that count (``mask``).
 Soft Dice (for gradients): the same with softmax / sigmoid probabilities, smoothed by 1.
 
-Execution rules (REFERENCE 1.4): model in eval mode during the attack, parameter
-``requires_grad`` switched off and both restored afterwards; gradients by
-``torch.autograd.grad`` w.r.t. the transform parameters only; every quantity per image; no
-host sync inside the loops (fixed numbers of steps); images clamped to [0,1].
+Execution rules, as for every attack: the model runs under :func:`~lightning_seg.attacks.guard.attack_guard`
+(every module in eval mode, parameters frozen, both restored afterwards; forwards / backwards
+counted); gradients by ``torch.autograd.grad`` w.r.t. the transform parameters only; every
+quantity per image; no host sync inside the loops (fixed numbers of steps); images clamped to [0,1].
+
+Defaults: the optimisation's in :func:`synthesis_attack`, the budgets' in
+:class:`~lightning_seg.attacks.deformations.TransformConfig`; :func:`synthesis` (``attack=synthesis``)
+takes both from there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +51,12 @@ from lightning_seg.attacks.deformations import (
     identity_transform,
     sample_random_transform,
 )
+from lightning_seg.attacks.guard import attack_guard
 from lightning_seg.attacks.measure import class_map, per_image_iou, pixel_accuracy
 from lightning_seg.attacks.result import AttackResult
 
-__all__ = ["SynthesisResult", "SynthesisAttack", "synthesis", "synthesis_attack", "synthesis_records", "synthesis_summary",
-           "transform_config", "TRANSFORM_KEYS", "random_synthesis", "hard_dice",
-           "soft_dice"]
+__all__ = ["SynthesisResult", "synthesis", "synthesis_attack", "synthesis_records", "synthesis_summary",
+           "TRANSFORM_KEYS", "random_synthesis", "hard_dice", "soft_dice"]
 
 
 @dataclass
@@ -112,14 +115,18 @@ def _fg_probs_and_onehot(logits: Tensor, labels: Tensor, hard: bool,
     return p[:, 1:], y[:, 1:]
 
 
-def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, structures: Structures = None) -> Tensor:
-    """Per-image foreground Dice [B] of argmax (or z > 0) predictions; 1 for a class absent from both."""
-    p, y = _fg_probs_and_onehot(logits, labels, hard=True, structures=structures)
+def _overlap(p: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-image, per-structure intersection and size sum [B,S] of predictions ``p`` and labels ``y`` over counted
+    pixels: the two terms of every Dice here."""
     if mask is not None:
         m = mask.unsqueeze(1).to(p.dtype)
         p, y = p * m, y * m
-    inter = (p * y).flatten(2).sum(-1)
-    denom = p.flatten(2).sum(-1) + y.flatten(2).sum(-1)
+    return (p * y).flatten(2).sum(-1), p.flatten(2).sum(-1) + y.flatten(2).sum(-1)
+
+
+def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, structures: Structures = None) -> Tensor:
+    """Per-image foreground Dice [B] of argmax (or z > 0) predictions; 1 for a class absent from both."""
+    inter, denom = _overlap(*_fg_probs_and_onehot(logits, labels, hard=True, structures=structures), mask)
     d = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
     return d.mean(1)
 
@@ -127,12 +134,7 @@ def hard_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, struct
 def soft_dice(logits: Tensor, labels: Tensor, mask: Tensor | None = None, smooth: float = 1.0,
               structures: Structures = None) -> Tensor:
     """Per-image soft foreground Dice [B] (softmax / sigmoid probabilities, smoothing ``smooth``)."""
-    p, y = _fg_probs_and_onehot(logits, labels, hard=False, structures=structures)
-    if mask is not None:
-        m = mask.unsqueeze(1).to(p.dtype)
-        p, y = p * m, y * m
-    inter = (p * y).flatten(2).sum(-1)
-    denom = p.flatten(2).sum(-1) + y.flatten(2).sum(-1)
+    inter, denom = _overlap(*_fg_probs_and_onehot(logits, labels, hard=False, structures=structures), mask)
     return ((2 * inter + smooth) / (denom + smooth)).mean(1)
 
 
@@ -162,14 +164,14 @@ def synthesis_attack(
 ) -> SynthesisResult:
     """Find a smooth deformation + bias field + noise lowering each image's Dice by ``dice_drop``.
 
-    model: images [B,C,H,W] in [0,1] -> logits [B,K,H,W] (K = 1: sigmoid head).
+    model: images [B,C,H,W] in [0,1] -> logits [B,K,H,W] (K = 1: sigmoid head, scored as [0, z]).
     labels: long [B,H,W] class indices; mask: optional bool [B,H,W] of pixels that count.
     dice_drop, tol: per image, aim at Dice_adv in [Dice_clean - dice_drop +- tol].
     steps: gradient-ascent steps for the direction (0 keeps the initial transform).
     step_size: each step moves every component by step_size x its budget radius (velocity:
-        eps_morph; noise: eps_noise; log-bias: half-width of the clamp box x sqrt(#points)).
+        eps_morph; noise: its L2 radius; log-bias: half-width of the clamp box x sqrt(#points)).
     bisect_steps: bisection steps on alpha (after one evaluation at alpha = 1).
-    config: transform budgets (default: eps_bias 0.3, eps_morph 1.5, eps_noise 1.0).
+    config: transform budgets (default: ``TransformConfig()``, the project's synthesis budgets).
     init: "random" (AdvChain-style full-budget draw from ``generator``) or "zero".
     structures: Dice per union of classes (e.g. ((1, 2), (2,)) for glaucoma disc and cup, the
         project's reporting convention) instead of per foreground class; mean over them.
@@ -185,29 +187,19 @@ def synthesis_attack(
         raise ValueError(f"steps={steps} and bisect_steps={bisect_steps} must be >= 0 and step_size={step_size} > 0")
     if init not in ("random", "zero"):
         raise ValueError(f"init={init!r}; use 'random' or 'zero'")
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("synthesis_attack needs autograd: call it outside torch.inference_mode() (e.g. Lightning "
-                           "validation: Trainer(inference_mode=False))")
     cfg = config or TransformConfig()
     b, c, h, w = images.shape
     x = images.detach().clone()
     y = labels.detach().clone()
     m = None if mask is None else mask.detach().clone()
 
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    forwards = backwards = 0
-    try:
+    with attack_guard(model) as ctx:
         with torch.no_grad():
-            clean_logits = model(x)
-        forwards += 1
+            clean_logits = ctx.forward(x)
         if tuple(clean_logits.shape[-2:]) != (h, w):
             raise ValueError(f"synthesis needs logits at the image size {(h, w)} (a same-padding model); "
                              f"got {tuple(clean_logits.shape[-2:])}: use model.padding=same")
-        k = max(clean_logits.shape[1], 2)
+        k = clean_logits.shape[1]  # >= 2: the context turns a sigmoid head into [0, z]
         if mask is None:
             valid = y < k
             m = None if bool(valid.all()) else valid  # ignore labels (e.g. 255) do not count
@@ -223,7 +215,7 @@ def synthesis_attack(
         lo_b, hi_b = cfg.log_bias_bounds
         radius = {
             "velocity": cfg.eps_morph,
-            "noise": cfg.eps_noise,
+            "noise": cfg.noise_radius(c * h * w),
             "log_bias": 0.5 * (hi_b - lo_b) * (cfg.bias_grid()[0] * cfg.bias_grid()[1]) ** 0.5,
         }
 
@@ -239,10 +231,8 @@ def synthesis_attack(
             t = build(ps)
             with torch.enable_grad():
                 adv, yw, mw = t.apply(x, y, m, num_classes=k)
-                loss = 1 - soft_dice(model(adv), yw, mw, structures=structures)
-                grads = torch.autograd.grad(loss.sum(), ps)
-            forwards += 1
-            backwards += 1
+                loss = 1 - soft_dice(ctx.forward(adv), yw, mw, structures=structures)
+                grads = ctx.grad(loss.sum(), ps)
             loss = loss.detach()
             better = loss > best_loss
             best = [torch.where(_bcast(better, bp), p.detach(), bp) for bp, p in zip(best, ps)]
@@ -253,8 +243,7 @@ def synthesis_attack(
         if steps > 0:  # the last update has not been scored yet
             with torch.no_grad():
                 adv, yw, mw = build(params).apply(x, y, m, num_classes=k)
-                loss = 1 - soft_dice(model(adv), yw, mw, structures=structures)
-            forwards += 1
+                loss = 1 - soft_dice(ctx.forward(adv), yw, mw, structures=structures)
             better = loss > best_loss
             best = [torch.where(_bcast(better, bp), p, bp) for bp, p in zip(best, params)]
         direction = build(best)
@@ -266,13 +255,12 @@ def synthesis_attack(
             best_dice = dice_clean.clone()
             best_adv, best_y = x.clone(), y.clone()
             best_m = None if m is None else m.clone()
-            best_pred = class_map(clean_logits) if clean_logits.shape[1] > 1 else (clean_logits[:, 0] > 0).long()
+            best_pred = class_map(clean_logits)
 
             def evaluate(alpha: Tensor) -> Tensor:
-                nonlocal best_alpha, best_err, best_dice, best_adv, best_y, best_m, best_pred, forwards
+                nonlocal best_alpha, best_err, best_dice, best_adv, best_y, best_m, best_pred
                 adv, yw, mw = direction.scale(alpha).apply(x, y, m, num_classes=k)
-                logits = model(adv)
-                forwards += 1
+                logits = ctx.forward(adv)
                 d = hard_dice(logits, yw, mw, structures)
                 err = (d - target).abs()
                 upd = err < best_err
@@ -283,7 +271,7 @@ def synthesis_attack(
                 best_y = torch.where(_bcast(upd, yw), yw, best_y)
                 if mw is not None:
                     best_m = torch.where(_bcast(upd, mw), mw, best_m)
-                pred = class_map(logits) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+                pred = class_map(logits)
                 best_pred = torch.where(_bcast(upd, pred), pred, best_pred)
                 return d
 
@@ -303,10 +291,6 @@ def synthesis_attack(
 
             final = direction.scale(best_alpha).detach()
             real = final.realism(x, best_adv)
-    finally:
-        model.train(was_training)
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
 
     return SynthesisResult(
         adv_images=best_adv,
@@ -323,37 +307,12 @@ def synthesis_attack(
         min_jacobian=real["min_jacobian"],
         noise_l2=real["noise_l2"],
         ssim=real["ssim"],
-        forwards=forwards,
-        backwards=backwards,
+        forwards=ctx.forwards // b,  # the context counts images, the result batched passes
+        backwards=ctx.backwards // b,
         iterations=(steps, bisect_steps),
         transform=final,
         num_classes=k,
     )
-
-
-class SynthesisAttack:
-    """Thin wrapper holding the hyper-parameters of :func:`synthesis_attack`."""
-
-    def __init__(self, **kwargs: object) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, **overrides: object) -> SynthesisResult:
-        return synthesis_attack(model, images, labels, **{**self.kwargs, **overrides})  # type: ignore[arg-type]
-
-
-def transform_config(image_shape: tuple[int, int, int], *, morph_spacing: int = 16, eps_morph: float = 1.5,
-                     max_disp_px: float | None = 6.0, diffeomorphic: bool = True, ss_steps: int = 8, bias_cells: int = 2,
-                     eps_bias: float = 0.3, noise_std: float = 0.01, label_mode: str = "bilinear") -> TransformConfig:
-    """The :class:`TransformConfig` of the registry budgets for images of shape (C,H,W): the per-value noise RMS
-    ``noise_std`` becomes the L2 radius noise_std * sqrt(C*H*W)."""
-    c, h, w = image_shape
-    return TransformConfig(eps_bias=eps_bias, bias_cells=bias_cells, eps_morph=eps_morph, morph_spacing=morph_spacing,
-                           ss_steps=ss_steps, eps_noise=noise_std * math.sqrt(c * h * w), label_mode=label_mode,
-                           max_disp_px=max_disp_px, diffeomorphic=diffeomorphic)
-
-
-# The budget keys of transform_config (shared by SynthesisConfig): derived, so a new budget cannot be forgotten.
-TRANSFORM_KEYS = tuple(p for p in inspect.signature(transform_config).parameters if p != "image_shape")
 
 
 def random_synthesis(images: Tensor, labels: Tensor, config: TransformConfig, *, max_alpha: float = 1.0,
@@ -371,6 +330,10 @@ def random_synthesis(images: Tensor, labels: Tensor, config: TransformConfig, *,
     return out, warped, t
 
 
+_OPT = {n: q.default for n, q in inspect.signature(synthesis_attack).parameters.items()}  # optimisation defaults
+_BUDGET = TransformConfig()  # budget defaults
+
+
 def synthesis(
     model: nn.Module,
     images: Tensor,
@@ -379,22 +342,22 @@ def synthesis(
     mask: Tensor | None = None,
     perturbation_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    dice_drop: float = _OPT["dice_drop"],
+    tol: float = _OPT["tol"],
+    steps: int = _OPT["steps"],
+    step_size: float = _OPT["step_size"],
+    bisect_steps: int = _OPT["bisect_steps"],
+    init: str = _OPT["init"],
+    morph_spacing: int = _BUDGET.morph_spacing,
+    eps_morph: float = _BUDGET.eps_morph,
+    max_disp_px: float | None = _BUDGET.max_disp_px,
+    diffeomorphic: bool = _BUDGET.diffeomorphic,
+    ss_steps: int = _BUDGET.ss_steps,
+    bias_cells: int = _BUDGET.bias_cells,
+    eps_bias: float = _BUDGET.eps_bias,
+    noise_std: float = _BUDGET.noise_std,
+    label_mode: str = _BUDGET.label_mode,
     structures: Structures = None,
-    dice_drop: float = 0.2,
-    tol: float = 0.02,
-    steps: int = 10,
-    step_size: float = 0.5,
-    bisect_steps: int = 10,
-    init: str = "random",
-    morph_spacing: int = 16,
-    eps_morph: float = 1.5,
-    max_disp_px: float | None = 6.0,
-    diffeomorphic: bool = True,
-    ss_steps: int = 8,
-    bias_cells: int = 2,
-    eps_bias: float = 0.3,
-    noise_std: float = 0.01,
-    label_mode: str = "bilinear",
 ) -> AttackResult:
     """Registry entry point (``attack=synthesis``): :func:`synthesis_attack` returning an :class:`AttackResult`.
 
@@ -404,6 +367,9 @@ def synthesis(
     ``eps_bias`` (log-amplitude within [log(1-eps_bias), log(1+eps_bias)]) on ``bias_cells``
     cubic B-spline cells per axis; noise of per-value RMS <= ``noise_std`` ([0,1] units).
 
+    Defaults (those of ``attack=synthesis``): the optimisation's of :func:`synthesis_attack` and the budgets of
+    :class:`~lightning_seg.attacks.deformations.TransformConfig`, taken from there.
+
     Untargeted: ``labels`` is the ground truth; the reference of ``iou`` / ``pixel_acc`` is the
     *equally deformed* label (``extras["adv_labels"]``), and ``success`` means the hard Dice reached
     Dice_clean - dice_drop within ``tol``. ``l2`` / ``linf`` measure x_adv - x, deformation included.
@@ -412,9 +378,9 @@ def synthesis(
     if perturbation_mask is not None:
         raise ValueError("synthesis deforms the whole image: perturbation_mask is not supported (pass None)")
     b, c, h, w = images.shape
-    cfg = transform_config((c, h, w), morph_spacing=morph_spacing, eps_morph=eps_morph, max_disp_px=max_disp_px,
-                           diffeomorphic=diffeomorphic, ss_steps=ss_steps, bias_cells=bias_cells, eps_bias=eps_bias,
-                           noise_std=noise_std, label_mode=label_mode)
+    cfg = TransformConfig(morph_spacing=morph_spacing, eps_morph=eps_morph, max_disp_px=max_disp_px,
+                          diffeomorphic=diffeomorphic, ss_steps=ss_steps, bias_cells=bias_cells, eps_bias=eps_bias,
+                          noise_std=noise_std, label_mode=label_mode)
     r = synthesis_attack(model, images, labels, dice_drop=dice_drop, tol=tol, steps=steps, step_size=step_size,
                          bisect_steps=bisect_steps, config=cfg, init=init, mask=mask, generator=generator,
                          structures=structures)
@@ -433,6 +399,12 @@ def synthesis(
         iterations=torch.full((b,), sum(r.iterations), dtype=torch.long, device=images.device),
         forwards=r.forwards * b, backwards=r.backwards * b, targeted=False, extras=extras,
     )
+
+
+# The budget parameters of `synthesis` (the TransformConfig fields it exposes), e.g. to draw random transforms at a
+# synthesis config's budgets: derived, so a new budget cannot be forgotten.
+TRANSFORM_KEYS = tuple(n for n in inspect.signature(synthesis).parameters
+                       if n in {f.name for f in dataclasses.fields(TransformConfig)})
 
 
 def synthesis_records(results: list[AttackResult]) -> tuple[Tensor, list[dict[str, float]]]:

@@ -15,7 +15,7 @@ A numeric parameter given as a pair ``(lo, hi)`` is drawn uniformly per image wi
   ``remove`` (empty target). Geometric edits warp the one-hot mask bilinearly and take the
   argmax, so boundaries stay smooth and a connected shape stays one connected shape.
 * Optic edits (glaucoma ``disc_cup`` masks {0 bg, 1 rim, 2 cup}): ``cup_enlarge`` / ``cup_shrink``
-  change the vertical cup-to-disc ratio (REFERENCE 6.1: vCDR = D(cup) / D(disc), D = max
+  change the vertical cup-to-disc ratio (vCDR = D(cup) / D(disc), D = max
   column count) by ``delta`` (absolute) or ``factor`` (relative) by scaling the cup about its
   centroid; the cup is kept inside the disc eroded by one pixel (a rim always remains). Images
   without a cup are returned unchanged.

@@ -1,5 +1,4 @@
-"""Universal adversarial perturbation for segmentation (Metzen, Kumar, Brox, Fischer, ICCV 2017),
-REFERENCE 2.3.
+"""Universal adversarial perturbation for segmentation (Metzen, Kumar, Brox, Fischer, ICCV 2017).
 
 Targets: *static* (one fixed target mask for every input) or *dynamic* (hide class o: its
 pixels in the reference map are relabelled to the nearest non-o label; "nearest" in the 8-

@@ -13,11 +13,10 @@ def compose_for(command: str, overrides: list[str], extra_files: list[str] | Non
     """Compose the config for a command; evaluation commands start from the checkpoint's stored data config."""
     cfg = compose(overrides, extra_files=extra_files)
     if command in ("validate", "test", "attack"):
-
         stored = load_checkpoint_config(resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir))
         if stored:
             base = {"seed": stored["seed"], "data": stored["data"]}
-            if stored.get("defense"):  # a model trained behind a defense is evaluated behind it unless defense=... says otherwise
+            if stored.get("defense"):  # trained behind a defense: evaluated behind it unless defense=... says otherwise
                 base["defense"] = stored["defense"]
             cfg = compose(overrides, extra_files=extra_files, base=base)
     return cfg

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_seg.io import write_json, write_text
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
-from lightning_seg.training.module import SegmentationModule
+from lightning_seg.training.checkpoint import load_module
 from lightning_seg.training.trainer import (
     adversarial_callbacks,
     build_datamodule_from,
@@ -33,11 +32,9 @@ def evaluate(cfg: DictConfig, stage: str = "validate") -> dict[str, Any]:
         return _evaluate(cfg, stage, ckpt, run_dir)
 
 
-
 def _evaluate(cfg: DictConfig, stage: str, ckpt: Path, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
-    module = SegmentationModule(**{**hparams, "defense": defense_hparams(cfg)})  # cfg.defense: the checkpoint's unless overridden
+    module = load_module(str(ckpt), defense=defense_hparams(cfg))  # cfg.defense: the checkpoint's unless overridden
     if module.task.name != cfg.data.task:
         raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
     datamodule = build_datamodule_from(cfg)

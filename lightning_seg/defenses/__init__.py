@@ -1,4 +1,4 @@
-"""Input-transformation defenses (REFERENCE section 3) as batched torch modules.
+"""Input-transformation defenses (pre-processing in front of a segmenter) as batched torch modules.
 
 Registry ``DEFENSES`` (names: ``none``, ``fr``, ``jpeg``, ``bit_depth``, ``median``, ``gaussian``,
 ``random_noise``); build with :func:`build_defense`; compose with a model via :class:`DefendedModel`
@@ -13,8 +13,10 @@ from lightning_seg.defenses.base import (
     Defense,
     NoDefense,
     build_defense,
-    config_defaults,
+    defense_defaults,
+    register_defense,
     round_with_mode,
+    signature_defaults,
 )
 from lightning_seg.defenses.bit_depth import BitDepth, bit_depth_reduction
 from lightning_seg.defenses.dct import blockwise_quantize, dct_matrix
@@ -49,7 +51,9 @@ __all__ = [
     "bit_depth_reduction",
     "blockwise_quantize",
     "build_defense",
-    "config_defaults",
+    "defense_defaults",
+    "register_defense",
+    "signature_defaults",
     "dct_matrix",
     "defend",
     "defense_from_config",

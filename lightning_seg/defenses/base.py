@@ -1,15 +1,16 @@
 """Shared pieces of the input-transformation defenses: registry, rounding modes, config building.
 
 Every defense is an ``nn.Module`` mapping images ``[B,C,H,W]`` float in [0,1] to images of the
-same shape in [0,1] (REFERENCE 1.1). Defenses that quantise (FR, JPEG, bit depth) accept a
+same shape in [0,1], the range attack budgets are measured in. Defenses that quantise (FR, JPEG, bit depth) accept a
 ``rounding`` override in ``forward`` so :class:`~lightning_seg.defenses.defended.DefendedModel`
-can evaluate the real transform and a differentiable surrogate of it (REFERENCE 3.4).
+can evaluate the real transform and a differentiable surrogate of it (BPDA, Athalye et al. ICML 2018).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -24,7 +25,7 @@ ROUNDING_MODES: tuple[str, ...] = ("exact", "ste", "cubic")
 
 
 def check_rounding(rounding: str) -> str:
-    """Validate a rounding-mode name early (one clear message, REFERENCE conventions)."""
+    """Validate a rounding-mode name early, with one clear message."""
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"rounding={rounding!r} is not a rounding mode; use one of {', '.join(ROUNDING_MODES)}.")
     return rounding
@@ -72,23 +73,45 @@ class Defense(nn.Module):
         raise NotImplementedError
 
 
-@DEFENSES.register("none")
+def signature_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of ``fn``: a defense module's ``__init__`` takes its defaults from its pure function, so that
+    ``jpeg(x)`` and ``JPEG()(x)`` run the same transform and each default is written once."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def register_defense(name: str) -> Callable[[type[Defense]], type[Defense]]:
+    """Register a defense module under ``name`` and give it a ``Config`` dataclass built from its ``__init__`` signature
+    (``name`` plus every parameter with its default): the config layer and :func:`build_defense` read it."""
+
+    def decorator(cls: type[Defense]) -> type[Defense]:
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.default is not inspect.Parameter.empty]
+        fields = [("name", str, dataclasses.field(default=name))]
+        fields += [(p.name, p.annotation, dataclasses.field(default=p.default)) for p in params]
+        cls.Config = dataclasses.make_dataclass(f"{cls.__name__}Config", fields)  # type: ignore[attr-defined]
+        return DEFENSES.register(name)(cls)
+
+    return decorator
+
+
+def defense_defaults(name: str) -> dict[str, Any]:
+    """Every parameter of registered defense ``name`` with its default (``name`` included)."""
+    return dataclasses.asdict(DEFENSES.get(name).Config())  # type: ignore[attr-defined]
+
+
+@register_defense("none")
 class NoDefense(Defense):
     """Identity transform (the undefended baseline)."""
-
-    @dataclasses.dataclass
-    class Config:
-        name: str = "none"
 
     def forward(self, x: Tensor, rounding: str | None = None) -> Tensor:
         check_images(x, "NoDefense")
         return x
 
 
-def config_defaults(name: str) -> dict[str, Any]:
-    """Default config of a registered defense as a plain dict (incl. ``name``)."""
-    cls = DEFENSES.get(name)
-    return dataclasses.asdict(cls.Config())  # type: ignore[attr-defined]
+def parameter_names(name: str) -> list[str]:
+    """The parameters of a registered defense (its Config fields but ``name``), sorted."""
+    cls = DEFENSES.get(name)  # unknown name: UnknownNameError with close matches
+    return sorted({f.name for f in dataclasses.fields(cls.Config)} - {"name"})  # type: ignore[attr-defined]
 
 
 def build_defense(cfg: Any = None, /, **overrides: Any) -> Defense:
@@ -122,11 +145,8 @@ def build_defense(cfg: Any = None, /, **overrides: Any) -> Defense:
     if "name" not in params:
         raise ValueError(f"defense config needs a 'name' key; registered defenses: {', '.join(DEFENSES.names())}.")
     name = params.pop("name")
-    cls = DEFENSES.get(name)
-    fields = {f.name for f in dataclasses.fields(cls.Config)} - {"name"}  # type: ignore[attr-defined]
-    unknown = sorted(set(params) - fields)
+    valid = parameter_names(name)
+    unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise TypeError(
-            f"defense {name!r} got unknown option(s) {unknown}; valid options: {sorted(fields) or 'none'}."
-        )
-    return cls(**params)
+        raise TypeError(f"defense {name!r} got unknown option(s) {unknown}; valid options: {valid or 'none'}.")
+    return DEFENSES.get(name)(**params)

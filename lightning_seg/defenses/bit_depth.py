@@ -1,15 +1,20 @@
-"""Bit-depth reduction (feature squeezing; Xu, Evans, Qi, NDSS 2018; REFERENCE 3.3).
+"""Bit-depth reduction (feature squeezing; Xu, Evans, Qi, NDSS 2018).
 
 ``x <- round(x * (2^b - 1)) / (2^b - 1)``; b = 5 for colour images (paper value unverified).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import Tensor
 
-from lightning_seg.defenses.base import DEFENSES, Defense, check_images, check_rounding, round_with_mode
+from lightning_seg.defenses.base import (
+    Defense,
+    check_images,
+    check_rounding,
+    register_defense,
+    round_with_mode,
+    signature_defaults,
+)
 
 
 def bit_depth_reduction(x: Tensor, bits: int = 5, rounding: str = "exact") -> Tensor:
@@ -22,19 +27,17 @@ def bit_depth_reduction(x: Tensor, bits: int = 5, rounding: str = "exact") -> Te
     return (round_with_mode(x.clamp(0.0, 1.0) * levels, rounding) / levels).clamp(0.0, 1.0)
 
 
-@DEFENSES.register("bit_depth")
+_BITS = signature_defaults(bit_depth_reduction)
+
+
+@register_defense("bit_depth")
 class BitDepth(Defense):
     """Bit-depth reduction module; see :func:`bit_depth_reduction`."""
 
     rounds = True
 
-    @dataclasses.dataclass
-    class Config:
-        name: str = "bit_depth"
-        bits: int = 5
-        rounding: str = "exact"
 
-    def __init__(self, bits: int = 5, rounding: str = "exact") -> None:
+    def __init__(self, bits: int = _BITS["bits"], rounding: str = _BITS["rounding"]) -> None:
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
             raise ValueError(f"bit depth bits={bits!r} must be an int in 1..16.")

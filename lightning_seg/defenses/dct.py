@@ -2,7 +2,7 @@
 
 The orthonormal DCT-II matrix ``C[u, k] = a(u) cos((2k+1) u pi / 16)``, ``a(0) = sqrt(1/8)``,
 ``a(u>0) = sqrt(2/8)``, equals scipy's ``dct(norm='ortho')`` and has the scaling of the JPEG FDCT,
-so quantisation tables are comparable between FR and JPEG (REFERENCE 3.1). The 2-D transform of a
+so quantisation tables are comparable between FR and JPEG. The 2-D transform of a
 block ``B`` is ``C B C^T`` and its inverse ``C^T X C``; all blocks are processed by two matmuls per
 direction on reshaped views of the image (no Python loop over blocks, no block permute).
 """

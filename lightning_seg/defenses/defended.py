@@ -1,4 +1,4 @@
-"""Model composed with an input-transformation defense, with a selectable gradient (REFERENCE 1.3, 3.4).
+"""Model composed with an input-transformation defense, with a selectable gradient for the attacker.
 
 Threat models: the *oblivious* attacker attacks the bare ``model``; the *adaptive white-box* attacker
 attacks ``DefendedModel(model, defense, gradient="bpda")`` (or ``"surrogate"``) with the same
@@ -23,16 +23,23 @@ n samples (expectation of the gradient). Deterministic defenses need n = 1.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.defenses.base import DEFENSES, Defense, build_defense
+from lightning_seg.defenses.base import Defense, build_defense, parameter_names
 
 GRADIENT_MODES: tuple[str, ...] = ("exact", "bpda", "surrogate")
+
+
+def check_attacker(gradient: str, eot_samples: int, prefix: str = "") -> None:
+    """The attacker's settings: a gradient mode and a number of EOT samples >= 1 (``prefix`` names the config key)."""
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"{prefix}gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise ValueError(f"{prefix}eot_samples={eot_samples!r} must be an int >= 1.")
 
 
 def defense_with_gradient(defense: nn.Module, x: Tensor, gradient: str = "bpda") -> Tensor:
@@ -67,10 +74,7 @@ class DefendedModel(nn.Module):
 
     def __init__(self, model: nn.Module, defense: nn.Module | str | object, gradient: str = "bpda", eot_samples: int = 1) -> None:
         super().__init__()
-        if gradient not in GRADIENT_MODES:
-            raise ValueError(f"gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
-        if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
-            raise ValueError(f"eot_samples={eot_samples!r} must be an int >= 1.")
+        check_attacker(gradient, eot_samples)
         if not isinstance(defense, nn.Module):
             defense = build_defense(defense)
         self.model = model
@@ -108,19 +112,15 @@ ATTACKER_KEYS = ("gradient", "eot_samples")
 def defense_from_config(section: Mapping[str, Any] | None) -> tuple[Defense | None, str, int]:
     """``(defense or None, gradient, eot_samples)`` from a flat ``defense`` config section (plain mapping).
 
+    The one reading of the section: config composition calls it to fail early, :func:`defend` to build the model.
     Parameters left at ``None`` take the defense's defaults; a parameter the named defense does not have fails
     with one line naming it and the valid ones. ``name: none`` (or no section: old checkpoints) gives ``None``."""
     section = dict(section or {})
-    gradient = section.pop("gradient", "bpda")
-    eot_samples = section.pop("eot_samples", 1)
-    if gradient not in GRADIENT_MODES:
-        raise ValueError(f"defense.gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
-    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
-        raise ValueError(f"defense.eot_samples={eot_samples!r} must be an int >= 1.")
+    gradient, eot_samples = section.pop("gradient", "bpda"), section.pop("eot_samples", 1)
+    check_attacker(gradient, eot_samples, prefix="defense.")
     name = section.pop("name", "none")
     params = {k: v for k, v in section.items() if v is not None}
-    cls = DEFENSES.get(name)  # unknown name: UnknownNameError with close matches
-    valid = sorted({f.name for f in dataclasses.fields(cls.Config)} - {"name"})  # type: ignore[attr-defined]
+    valid = parameter_names(name)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(f"defense {name!r} has no parameter(s) {', '.join(f'defense.{k}' for k in unknown)}; "
@@ -131,7 +131,8 @@ def defense_from_config(section: Mapping[str, Any] | None) -> tuple[Defense | No
 
 
 def defend(model: nn.Module, section: Mapping[str, Any] | None) -> nn.Module:
-    """``model`` behind the configured defense (a :class:`DefendedModel`), or ``model`` itself for ``none``."""
+    """``model`` behind the configured defense as deployed (a :class:`DefendedModel` whose prediction averages the
+    configured EOT samples), or ``model`` itself for ``none``."""
     defense, gradient, eot_samples = defense_from_config(section)
     if defense is None:
         return model
@@ -145,8 +146,8 @@ def eot_input_grad(
 
     ``loss_fn`` maps logits to a per-image loss ``[B]`` (or a scalar); per-image losses are summed
     before differentiation, so images stay independent. Uses ``torch.autograd.grad`` on the input only
-    (no parameter ``.grad``; REFERENCE 1.4.2). Returns ``(mean loss, mean gradient)``, both detached;
-    the gradient has the shape of ``x``. No host synchronisation.
+    (no parameter ``.grad``, so an attack never disturbs the model's training state). Returns
+    ``(mean loss, mean gradient)``, both detached; the gradient has the shape of ``x``. No host synchronisation.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples={n_samples!r} must be an int >= 1.")
@@ -162,5 +163,5 @@ def eot_input_grad(
     return loss_sum / n_samples, grad_sum / n_samples
 
 
-__all__ = ["ATTACKER_KEYS", "GRADIENT_MODES", "DefendedModel", "Defense", "defend", "defense_from_config", "defense_with_gradient",
-           "eot_input_grad"]
+__all__ = ["ATTACKER_KEYS", "GRADIENT_MODES", "DefendedModel", "Defense", "check_attacker", "defend", "defense_from_config",
+           "defense_with_gradient", "eot_input_grad"]

@@ -2,7 +2,7 @@
 
 Liu, Jiang, et al., "Defending Deep Learning-based Biomedical Image Segmentation from Adversarial
 Attacks: A Low-cost Frequency Refinement Approach", MICCAI 2020 (LNCS 12264, pp. 342-351); public
-code ``qiliu08/frequency-refinement-defense`` (REFERENCE 3.1). Re-implemented from the description,
+code ``qiliu08/frequency-refinement-defense``. Re-implemented from the description,
 not vendored (the repository has no licence).
 
 Algorithm, as the paper's code defines it (no YCbCr, no chroma subsampling, no -128 level shift):
@@ -16,18 +16,16 @@ Algorithm, as the paper's code defines it (no YCbCr, no chroma subsampling, no -
 
 ``round`` has zero gradient almost everywhere, so ``rounding='exact'`` masks gradients; evaluate the
 defense with BPDA (``rounding='ste'`` or :class:`DefendedModel` ``gradient='bpda'``) or the cubic
-surrogate (REFERENCE 3.4-3.6).
+surrogate (Shin & Song 2017), as Athalye et al. (ICML 2018) prescribe for non-differentiable defenses.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_seg.defenses.base import DEFENSES, Defense, check_images, check_rounding
+from lightning_seg.defenses.base import Defense, check_images, check_rounding, register_defense, signature_defaults
 from lightning_seg.defenses.dct import blockwise_quantize
 
 
@@ -80,21 +78,18 @@ def frequency_refinement(
     return (v / 255.0).clamp(0.0, 1.0)
 
 
-@DEFENSES.register("fr")
+_FR = signature_defaults(frequency_refinement)
+
+
+@register_defense("fr")
 class FrequencyRefinement(Defense):
     """Frequency Refinement (Liu et al., MICCAI 2020) as a module; see :func:`frequency_refinement`."""
 
     rounds = True
 
-    @dataclasses.dataclass
-    class Config:
-        name: str = "fr"
-        pd: float = 30.0  # priority-defense band step, max(u,v) <= 1
-        ac: float = 5.0  # accuracy-compensation band step, 2 <= max(u,v) <= 3
-        gd: float = 60.0  # global-defense band step, max(u,v) >= 4 (repo CLI 60; class default 80)
-        rounding: str = "exact"
 
-    def __init__(self, pd: float = 30.0, ac: float = 5.0, gd: float = 60.0, rounding: str = "exact") -> None:
+    def __init__(self, pd: float = _FR["pd"], ac: float = _FR["ac"], gd: float = _FR["gd"],
+                 rounding: str = _FR["rounding"]) -> None:
         super().__init__()
         self.pd, self.ac, self.gd = float(pd), float(ac), float(gd)
         self.rounding = check_rounding(rounding)

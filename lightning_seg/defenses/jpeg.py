@@ -1,6 +1,6 @@
 """JPEG compression (encode + decode) as a batched torch module, following the IJG/libjpeg baseline.
 
-Steps (REFERENCE 3.2; Wallace 1992 / ITU-T T.81; IJG libjpeg defaults, as used by Pillow):
+Steps (Wallace 1992 / ITU-T T.81; IJG libjpeg defaults, as used by Pillow):
 
 1. ``255 x`` -> YCbCr (JFIF full range, Y in 0..255, Cb/Cr centred at 128);
 2. edge-replicate pad to a multiple of 16 (libjpeg replicates the last row/column);
@@ -18,13 +18,11 @@ tests require > 33 dB PSNR against Pillow. Rounding modes as in
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_seg.defenses.base import DEFENSES, Defense, check_images, check_rounding
+from lightning_seg.defenses.base import Defense, check_images, check_rounding, register_defense, signature_defaults
 from lightning_seg.defenses.dct import blockwise_quantize
 
 # ITU-T T.81 Annex K.1 / IJG jcparam.c standard tables (quality 50), row-major (u vertical, v horizontal).
@@ -111,20 +109,18 @@ def jpeg(x: Tensor, quality: int = 75, rounding: str = "exact", subsampling: boo
     return (rgb / 255.0).clamp(0.0, 1.0)
 
 
-@DEFENSES.register("jpeg")
+_JPEG = signature_defaults(jpeg)
+
+
+@register_defense("jpeg")
 class JPEG(Defense):
     """JPEG compression defense (Das et al. 2017; Guo et al. ICLR 2018 used q = 75); see :func:`jpeg`."""
 
     rounds = True
 
-    @dataclasses.dataclass
-    class Config:
-        name: str = "jpeg"
-        quality: int = 75
-        rounding: str = "exact"
-        subsampling: bool = True  # 4:2:0 chroma (libjpeg/Pillow default); False = 4:4:4
 
-    def __init__(self, quality: int = 75, rounding: str = "exact", subsampling: bool = True) -> None:
+    def __init__(self, quality: int = _JPEG["quality"], rounding: str = _JPEG["rounding"],
+                 subsampling: bool = _JPEG["subsampling"]) -> None:
         super().__init__()
         jpeg_quant_tables(quality)  # validate early
         self.quality = quality

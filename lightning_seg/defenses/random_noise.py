@@ -2,30 +2,23 @@
 defense used to exercise EOT; cf. Gao et al. NeurIPS 2022 on stochastic pre-processing).
 
 Randomness comes from a seeded ``torch.Generator`` owned by the module (one per device), so runs
-are reproducible (REFERENCE 1.4.7); :meth:`RandomNoise.reseed` restarts the stream.
+are reproducible and an attack never shifts the global RNG; :meth:`RandomNoise.reseed` restarts the stream.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
-from lightning_seg.defenses.base import DEFENSES, Defense, check_images
+from lightning_seg.defenses.base import Defense, check_images, register_defense
 
 
-@DEFENSES.register("random_noise")
+@register_defense("random_noise")
 class RandomNoise(Defense):
     """``x + sigma * N(0, I)`` clamped to [0,1]; a fresh sample on every forward call."""
 
     randomized = True
 
-    @dataclasses.dataclass
-    class Config:
-        name: str = "random_noise"
-        sigma: float = 0.03  # [0,1] units (~ 8/255)
-        seed: int = 0
 
     def __init__(self, sigma: float = 0.03, seed: int = 0) -> None:
         super().__init__()

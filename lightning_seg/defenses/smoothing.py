@@ -1,4 +1,4 @@
-"""Spatial smoothing defenses: median filter and Gaussian blur (REFERENCE 3.3; Xu et al. NDSS 2018
+"""Spatial smoothing defenses: median filter and Gaussian blur (feature squeezing, Xu, Evans, Qi, NDSS 2018:
 median smoothing; Gaussian sigma in {0.5, 1, 2}).
 
 Both pad with ``reflect`` (mirror without repeating the edge pixel: ``d c b | a b c d``, numpy
@@ -9,14 +9,13 @@ BPDA-identity is still a valid (often stronger) adaptive attack.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_seg.defenses.base import DEFENSES, Defense, check_images
+from lightning_seg.defenses.base import Defense, check_images, register_defense, signature_defaults
 
 
 def _check_pad(x: Tensor, pad: int, who: str) -> None:
@@ -64,16 +63,16 @@ def gaussian_blur(x: Tensor, sigma: float = 1.0, truncate: float = 4.0) -> Tenso
     return y.reshape(b, c, h, w)
 
 
-@DEFENSES.register("median")
+_MEDIAN = signature_defaults(median_filter)
+_GAUSSIAN = signature_defaults(gaussian_blur)
+
+
+@register_defense("median")
 class MedianFilter(Defense):
     """Median smoothing module; see :func:`median_filter`."""
 
-    @dataclasses.dataclass
-    class Config:
-        name: str = "median"
-        kernel_size: int = 3
 
-    def __init__(self, kernel_size: int = 3) -> None:
+    def __init__(self, kernel_size: int = _MEDIAN["kernel_size"]) -> None:
         super().__init__()
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"median kernel_size={kernel_size!r} must be an odd int >= 1 (e.g. 3 or 5).")
@@ -86,17 +85,12 @@ class MedianFilter(Defense):
         return f"kernel_size={self.kernel_size}"
 
 
-@DEFENSES.register("gaussian")
+@register_defense("gaussian")
 class GaussianBlur(Defense):
     """Gaussian smoothing module; see :func:`gaussian_blur`."""
 
-    @dataclasses.dataclass
-    class Config:
-        name: str = "gaussian"
-        sigma: float = 1.0
-        truncate: float = 4.0  # kernel radius = int(truncate * sigma + 0.5), as scipy.ndimage
 
-    def __init__(self, sigma: float = 1.0, truncate: float = 4.0) -> None:
+    def __init__(self, sigma: float = _GAUSSIAN["sigma"], truncate: float = _GAUSSIAN["truncate"]) -> None:
         super().__init__()
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"gaussian sigma={sigma!r} must be a finite float > 0 (pixels).")

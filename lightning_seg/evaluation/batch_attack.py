@@ -1,20 +1,18 @@
-"""Attacks inside the training loop: per-batch adversarial evaluation and its DDP-exact aggregation.
-
-Pure functions and metric objects used by the validation callback (``callbacks/adversarial_validation.py``)
-and the adversarial-training hook (``lightning_seg/adv_training.py``).
+"""Attacks inside the training loop: per-batch adversarial evaluation for the validation callback
+(``callbacks/adversarial_validation.py``), as per-image values that :class:`PerImageMeans` averages exactly under DDP.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from lightning_seg.attacks import AttackResult, build_attack
-from lightning_seg.attacks.config import is_targeted
+from lightning_seg.attacks import AttackResult, is_targeted
 from lightning_seg.attacks.targets import make_target
 from lightning_seg.evaluation.clinical import CALLBACK_KEYS, callback_values
+from lightning_seg.evaluation.inference import predict
+from lightning_seg.evaluation.robustness import robust_sweep
 from lightning_seg.metrics.clinical import CLINICAL_TASK
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
@@ -22,18 +20,18 @@ from lightning_seg.tasks import Task
 BASE_KEYS = ("success", "iou", "pixel_acc", "l2", "linf")
 
 
-def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, task: Task, target: str,
-                 generator: torch.Generator | None = None) -> tuple[AttackResult, dict[str, Tensor]] | None:
+def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, task: Task,
+                 target: str) -> tuple[AttackResult, dict[str, Tensor]] | None:
     """Attack one batch; per-image values: success, IoU / pixel accuracy vs the reference, L2, Linf, the
     robust Dice of the adversarial prediction vs the ground truth per structure, and the clinical read-outs
-    ``clin_*`` (:func:`lightning_seg.clinical.callback_values`: vCDR and screening flips for disc_cup, shape
+    ``clin_*`` (:func:`lightning_seg.evaluation.clinical.callback_values`: vCDR and screening flips for disc_cup, shape
     changes for lesion / disc; may be NaN, which :class:`PerImageMeans` skips). For attacks that deform the
     anatomy (synthesis) the ground truth is the equally deformed label. ``None`` when a targeted
     ``other_image`` attack gets a single image (no other image to take the target from)."""
     if is_targeted(attack):
         if target == "other_image" and images.shape[0] < 2:
             return None
-        reference = make_target(target, labels, generator=generator)
+        reference = make_target(target, labels)
     else:
         reference = labels
     result = attack(net, images, reference)
@@ -42,9 +40,7 @@ def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, ta
     dice = per_image_dice(result.pred, gt, task)
     for j, name in enumerate(task.structure_names):
         values[f"robust_dice_{name}"] = dice[:, j].double()
-    with torch.no_grad():
-        clean_pred = net(images).argmax(1)  # net is in eval mode here (the callback runs in validation)
-    clinical = callback_values(CLINICAL_TASK[task.name], gt, clean_pred, result.pred)
+    clinical = callback_values(CLINICAL_TASK[task.name], gt, predict(net, images), result.pred)
     values |= {f"clin_{k}": v.double() for k, v in clinical.items()}
     return result, values
 
@@ -60,15 +56,12 @@ def sweep_tag(eps: float) -> str:
     return f"pgd_eps{eps * 255:g}"
 
 
-def sweep_batch(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_sweep: tuple[float, ...], steps: int) -> dict[str, Tensor]:
-    """Per-image robust Dice (mean over structures) and IoU vs the ground truth under untargeted Linf PGD per budget."""
-    from lightning_seg.attacks import per_image_iou
-
+def sweep_batch(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_sweep: tuple[float, ...], steps: int,
+                sections: dict[str, Any] | None = None) -> dict[str, Tensor]:
+    """Per-image robust Dice (mean over structures) and IoU vs the ground truth under untargeted PGD per budget
+    (:func:`robust_sweep`, with the ``attack.pgd`` hyper-parameters of ``sections``)."""
     out = {}
-    for eps in eps_sweep:
-        result = build_attack("pgd", eps=eps, alpha=2.5 * eps / steps, steps=steps, targeted=False)(net, images, labels)
-        out[f"{sweep_tag(eps)}/dice"] = per_image_dice(result.pred, labels, task).mean(1).double()
-        out[f"{sweep_tag(eps)}/iou"] = per_image_iou(result.pred, labels, num_classes=task.num_classes).double()
+    for s in robust_sweep(net, images, labels, task, eps_sweep, steps=steps, sections=sections):
+        out[f"{sweep_tag(s.eps)}/dice"] = s.dice.mean(1).double()
+        out[f"{sweep_tag(s.eps)}/iou"] = s.iou.double()
     return out
-
-

@@ -10,33 +10,34 @@ import torch
 from torch import Tensor
 
 from lightning_seg.metrics.clinical import (
+    ASYM_THRESHOLD,
     GLAUCOMA_TASKS,
+    SCREENING_THRESHOLDS,
     SHAPE_TASKS,
     area,
     asymmetry,
+    asymmetry_score,
     centroid_shift,
     check_masks,
     compactness,
     perimeter,
     relative_area_change,
+    screening_flip_flags,
     screening_flips,
-    screening_labels,
     vcdr,
 )
 
 
 def _shape_readouts(prefix: str, binary: Tensor, asym_threshold: float) -> dict[str, Tensor]:
     asym = asymmetry(binary)
-    score = (asym > asym_threshold).float().sum(1)
     return {
         f"area_{prefix}": area(binary),
         f"perimeter_{prefix}": perimeter(binary),
         f"compactness_{prefix}": compactness(binary),
         f"asym1_{prefix}": asym[:, 0],
         f"asym2_{prefix}": asym[:, 1],
-        f"asym_score_{prefix}": torch.where(torch.isnan(asym[:, 0]), torch.full_like(score, float("nan")), score),
+        f"asym_score_{prefix}": asymmetry_score(binary, asym_threshold, asym=asym),
     }
-
 
 
 def clinical_report(
@@ -45,8 +46,8 @@ def clinical_report(
     clean_pred: Tensor,
     adv_pred: Tensor,
     *,
-    thresholds: tuple[float, ...] = (0.6, 0.7),
-    asym_threshold: float = 0.1,
+    thresholds: tuple[float, ...] = SCREENING_THRESHOLDS,
+    asym_threshold: float = ASYM_THRESHOLD,
 ) -> dict[str, Tensor]:
     """Per-image clinical read-outs (every value [B]) for ground truth, clean and adversarial predictions.
 
@@ -75,11 +76,7 @@ def clinical_report(
             "abs_err_clean": (v_clean - v_gt).abs(),
             "abs_err_adv": (v_adv - v_gt).abs(),
         }
-        for t in thresholds:
-            a, b = screening_labels(v_clean, t), screening_labels(v_adv, t)
-            out[f"n2s@{t:g}"] = (~a & b).float()
-            out[f"s2n@{t:g}"] = (a & ~b).float()
-        return out
+        return out | screening_flip_flags(v_clean, v_adv, thresholds)
     if key in SHAPE_TASKS:
         fg = [m >= 1 for m in (gt, clean_pred, adv_pred)]
         out = {}
@@ -93,7 +90,6 @@ def clinical_report(
     raise ValueError(f"Unknown task {task!r} for clinical_report; use one of {GLAUCOMA_TASKS + SHAPE_TASKS}")
 
 
-
 def concat_reports(reports: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Concatenate per-image reports of several batches (e.g. across a validation epoch)."""
     if not reports:
@@ -101,9 +97,7 @@ def concat_reports(reports: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.cat([r[k].reshape(-1) for r in reports]) for k in reports[0]}
 
 
-
 _MAYBE_UNDEFINED = ("compactness", "asym", "rel_area_change", "centroid_shift")
-
 
 
 def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -136,9 +130,8 @@ def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-
 def target_flip_shares(task: str, clean_pred: Tensor, targets: Tensor,
-                       thresholds: tuple[float, ...] = (0.6, 0.7)) -> dict[str, Tensor]:
+                       thresholds: tuple[float, ...] = SCREENING_THRESHOLDS) -> dict[str, Tensor]:
     """Glaucoma: share of images whose screening label flips from the clean prediction to the attack's *target*
     mask (``target_flip@t``), the upper bound of what a targeted attack can flip, and the normal -> suspect share
     among clean-normal images (``target_n2s_of_normal@t``); {} for shape tasks."""
@@ -153,10 +146,9 @@ def target_flip_shares(task: str, clean_pred: Tensor, targets: Tensor,
     return out
 
 
-
 # Per-image read-outs for the validation callback (fixed key set per task, so DDP ranks log the same keys).
 CALLBACK_KEYS = {
-    "disc_cup": ("vcdr_gt", "vcdr_clean", "vcdr_adv", "flip@0.6", "flip@0.7"),
+    "disc_cup": ("vcdr_gt", "vcdr_clean", "vcdr_adv", *(f"flip@{t:g}" for t in SCREENING_THRESHOLDS)),
     "isic": ("rel_area_change", "compactness_clean", "compactness_adv", "asym_clean", "asym_adv"),
 }
 
@@ -166,14 +158,14 @@ CALLBACK_KEYS["disc"] = CALLBACK_KEYS["isic"]
 
 def callback_values(task: str, gt: Tensor, clean_pred: Tensor, adv_pred: Tensor) -> dict[str, Tensor]:
     """Per-image values [B] for :data:`CALLBACK_KEYS`: vCDR of gt / clean / adv and 0/1 screening flips (clean vs
-    adv) at 0.6 and 0.7 (glaucoma); relative area change, compactness and the asymmetry index (mean of the two
-    principal-axis A_k) clean / adv (shape tasks). NaN where undefined (e.g. empty masks)."""
+    adv) at each screening threshold (glaucoma); relative area change, compactness and the asymmetry index (mean of
+    the two principal-axis A_k) clean / adv (shape tasks). NaN where undefined (e.g. empty masks)."""
     key = task.lower()
     r = clinical_report(key, gt, clean_pred, adv_pred)
     if key in GLAUCOMA_TASKS:
         out = {k: r[k] for k in ("vcdr_gt", "vcdr_clean", "vcdr_adv")}
-        for t in ("0.6", "0.7"):
-            out[f"flip@{t}"] = r[f"n2s@{t}"] + r[f"s2n@{t}"]
+        for t in SCREENING_THRESHOLDS:
+            out[f"flip@{t:g}"] = r[f"n2s@{t:g}"] + r[f"s2n@{t:g}"]
         return out
     return {"rel_area_change": r["rel_area_change"], "compactness_clean": r["compactness_clean"],
             "compactness_adv": r["compactness_adv"], "asym_clean": 0.5 * (r["asym1_clean"] + r["asym2_clean"]),

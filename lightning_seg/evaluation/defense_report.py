@@ -1,84 +1,69 @@
-"""Defense report: input-transformation defenses evaluated under two threat models (REFERENCE 1.3, 3.4-3.6, 5.4).
+"""Defense report: input-transformation defenses evaluated under two threat models.
 
 For an undefended network ``f`` and each defense ``g`` (a ``conf/defense/*.yaml`` section), under each attack:
 
 - ``none (no defense)``: the attack on ``f``, predictions of ``f`` (the baseline; one row per attack);
-- ``oblivious``: adversarial images crafted on ``f`` (the attacker ignores the defense), fed through ``g`` -- the FR
-  repo's protocol;
+- ``oblivious``: adversarial images crafted on ``f`` (the attacker ignores the defense), fed through ``g`` -- the
+  protocol of the Frequency Refinement paper's code (Liu et al., MICCAI 2020);
 - ``adaptive <GRADIENT>``: the same attack on ``f . g`` with the defense's attacker gradient (BPDA identity by default:
-  forward through the real ``g``, backward as if ``g(x) = x``);
+  forward through the real ``g``, backward as if ``g(x) = x``; Athalye, Carlini, Wagner, ICML 2018);
 - ``adaptive EOT (n)``: randomised defenses only, the attack on ``f . g`` with logits averaged over n samples of ``g``.
 
 Per row (means over images): clean Dice / IoU without and with the defense and the benign loss
 ``IoU(f(x)) - IoU(f(g(x)))``; defense efficiency = IoU of the defended prediction on the adversarial images against the
-ground truth (FR repo / REFERENCE 5.4) and the Dice of the same; for targeted attacks the IoU of the defended prediction
-against the target and the success rate; the perturbation's L2 / Linf. Only the adaptive rows support a robustness claim.
+ground truth (the FR code's measure) and the Dice of the same; for targeted attacks the IoU of the defended prediction
+against the target and the success rate; the perturbation's L2 / Linf. Only the adaptive rows support a robustness
+claim: an oblivious attacker is a weaker threat model, and rounding defenses mask the true gradient.
 
-Sanity checks (REFERENCE 3.6.4), flagged in the report and used by the tests: transfer (oblivious) must not be stronger
-than the white-box adaptive attack; robust Dice must not rise with the budget; an unbounded adaptive attack must drive
-the defended Dice close to 0.
+Sanity checks after Carlini et al. ("On Evaluating Adversarial Robustness", 2019), flagged in the report and used by
+the tests: transfer (oblivious) must not be stronger than the white-box adaptive attack; robust Dice must not rise
+with the budget; an unbounded adaptive attack must drive the defended Dice close to 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.attacks import apsr, per_image_iou
-from lightning_seg.attacks.config import build_named_attack, is_targeted
-from lightning_seg.defenses import DefendedModel, defense_from_config
+from lightning_seg.attacks import apsr, build_named_attack, default_alpha, is_targeted, per_image_iou
+from lightning_seg.defenses import DefendedModel, defend
+from lightning_seg.evaluation.inference import attack_batches, predict
+from lightning_seg.evaluation.robustness import NOISE_TOL, check_monotone, robust_sweep
+from lightning_seg.io import write_csv, write_text
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 
 BASELINE = "none (no defense)"
 OBLIVIOUS = "oblivious"
-# Sanity-check tolerances: differences of mean scores below these are noise (random starts, 16-image means).
-TRANSFER_TOL = 0.02
-MONOTONE_TOL = 0.02
 UNBOUNDED_MAX_DICE = 0.1  # "close to 0": an unbounded adaptive attack leaves at most this mean Dice
 UNBOUNDED_EPS = 1.0  # the whole [0,1] range: no budget at all
 UNBOUNDED_STEPS = 50
 
 
 # ----------------------------------------------------------------------------- building blocks
-@torch.no_grad()
-def predict(net: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """Hard predictions ``[N,h,w]`` of ``net`` in eval mode (mode restored)."""
-    was_training = net.training
-    net.eval()
-    try:
-        return torch.cat([net(x).argmax(1) for x in images.split(batch_size)])
-    finally:
-        net.train(was_training)
-
-
 def run_attack(attack: Any, net: nn.Module, images: Tensor, reference: Tensor, batch_size: int, progress: Any = None) -> Tensor:
     """Adversarial images of ``attack`` on ``net``, batch by batch."""
-    adv = []
-    for x, ref in zip(images.split(batch_size), reference.split(batch_size)):
-        adv.append(attack(net, x, ref).adv)
-        if progress is not None:
-            progress.update(1)
-    return torch.cat(adv)
+    return torch.cat([r.adv for r in attack_batches(attack, net, images, reference, batch_size, progress)])
 
 
-def threat_models(section: Mapping[str, Any]) -> list[tuple[str, str, int]]:
-    """``(label, gradient, eot_samples)`` of the adaptive attackers for a defense section."""
-    defense, gradient, eot = defense_from_config(section)
-    out = [(f"adaptive {gradient.upper()}", gradient, 1)]
-    if defense is not None and getattr(defense, "randomized", False):
-        n = max(eot, 2)
-        out.append((f"adaptive EOT (n={n})", gradient, n))
+def threat_models(model: DefendedModel) -> list[tuple[str, str, int]]:
+    """``(label, gradient, eot_samples)`` of the adaptive attackers of a deployed defended model: its own gradient,
+    and for randomised defenses also EOT over its deployed number of samples (at least 2)."""
+    out = [(f"adaptive {model.gradient.upper()}", model.gradient, 1)]
+    if model.randomized:
+        n = max(model.eot_samples, 2)
+        out.append((f"adaptive EOT (n={n})", model.gradient, n))
     return out
 
 
-def deployed(net: nn.Module, section: Mapping[str, Any]) -> nn.Module:
-    """``net`` behind the defense as deployed (prediction averaged over the configured EOT samples)."""
-    defense, gradient, eot = defense_from_config(section)
-    return net if defense is None else DefendedModel(net, defense, gradient=gradient, eot_samples=eot)
+def adaptive(model: DefendedModel, gradient: str, eot_samples: int = 1) -> DefendedModel:
+    """The white-box attacker's view of a deployed model: the same network and defense (one instance, so a randomised
+    defense keeps one noise stream) with the attacker's gradient and EOT samples."""
+    return DefendedModel(model.model, model.defense, gradient=gradient, eot_samples=eot_samples)
 
 
 def _success(attack: Any, pred: Tensor, reference: Tensor, iou_ref: Tensor) -> Tensor:
@@ -106,7 +91,7 @@ def score_row(defense: str, attack_name: str, threat: str, attack: Any, *, adv: 
         "clean_dice_defended": float(per_image_dice(clean_pred_defended, labels, task).mean()),
         "clean_iou": float(clean_iou.mean()), "clean_iou_defended": float(clean_iou_def.mean()),
         "benign_loss_iou": float((clean_iou - clean_iou_def).mean()),
-        "efficiency_iou": float(iou_gt.mean()),  # FR repo's defense efficiency (REFERENCE 5.4)
+        "efficiency_iou": float(iou_gt.mean()),  # the FR code's "defense efficiency"
         "dice_gt": float(per_image_dice(pred, labels, task).mean()),
         "target_iou": None, "success_rate": None,
         "l2": float(delta.norm(dim=1).mean()), "linf": float(delta.abs().amax(dim=1).mean()),
@@ -127,7 +112,7 @@ def attack_strength(row: Mapping[str, Any]) -> float:
     return float(row["target_iou"]) if row["targeted"] else 1.0 - float(row["dice_gt"])
 
 
-def check_transfer(rows: list[dict[str, Any]], tol: float = TRANSFER_TOL) -> list[dict[str, Any]]:
+def check_transfer(rows: list[dict[str, Any]], tol: float = NOISE_TOL) -> list[dict[str, Any]]:
     """Flag adaptive rows weaker than the oblivious (transfer) attack on the same defense and attack: a white-box
     attacker who knows the defense can always submit the transfer images, so this means the adaptive attack is
     too weak (bad gradient / too few steps), not that the defense is robust. Adds text to ``row['check']``."""
@@ -138,16 +123,6 @@ def check_transfer(rows: list[dict[str, Any]], tol: float = TRANSFER_TOL) -> lis
         if transfer and attack_strength(transfer[0]) > attack_strength(row) + tol:
             _flag(row, f"transfer stronger than white-box ({attack_strength(transfer[0]):.3f} > {attack_strength(row):.3f})")
     return rows
-
-
-def check_monotone(points: list[tuple[float, float]], tol: float = MONOTONE_TOL) -> list[str]:
-    """Violations of 'robust Dice does not rise with the budget' in ``[(eps, dice), ...]``."""
-    out = []
-    pts = sorted(points)
-    for (e0, d0), (e1, d1) in zip(pts, pts[1:]):
-        if d1 > d0 + tol:
-            out.append(f"Dice rises from {d0:.3f} at eps {e0 * 255:g}/255 to {d1:.3f} at {e1 * 255:g}/255")
-    return out
 
 
 def check_unbounded(dice: float, limit: float = UNBOUNDED_MAX_DICE) -> list[str]:
@@ -161,13 +136,12 @@ def _flag(row: dict[str, Any], text: str) -> None:
 
 def budget_sweep(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_values: list[float], steps: int,
                  batch_size: int, sections: dict[str, Any] | None = None) -> list[tuple[float, float]]:
-    """``[(eps, mean Dice vs ground truth)]`` under untargeted Linf PGD on ``net`` (eps 0 = clean)."""
-    points = [(0.0, float(per_image_dice(predict(net, images, batch_size), labels, task).mean()))]
-    for eps in eps_values:
-        attack = build_named_attack("pgd", sections, eps=eps, alpha=2.5 * eps / steps, steps=steps, targeted=False)
-        adv = run_attack(attack, net, images, labels, batch_size)
-        points.append((eps, float(per_image_dice(predict(net, adv, batch_size), labels, task).mean())))
-    return points
+    """``[(eps, mean Dice vs ground truth)]`` under untargeted Linf PGD on ``net`` (eps 0 = clean), each prediction
+    made again on the adversarial images as in the report's rows."""
+    clean = float(per_image_dice(predict(net, images, batch_size), labels, task).mean())
+    sweep = robust_sweep(net, images, labels, task, eps_values, steps=steps, sections=sections, batch_size=batch_size,
+                         rescore=True)
+    return [(0.0, clean)] + [(s.eps, float(s.dice.mean())) for s in sweep]
 
 
 def unbounded_dice(net: nn.Module, images: Tensor, labels: Tensor, task: Task, batch_size: int,
@@ -176,7 +150,8 @@ def unbounded_dice(net: nn.Module, images: Tensor, labels: Tensor, task: Task, b
 
     Targeted "erase everything" rather than untargeted CE ascent: maximising a mean CE can pile the loss on a few
     pixels and leave the rest correct, so only the targeted form must reach Dice ~ 0 on any working model."""
-    attack = build_named_attack("pgd", sections, eps=UNBOUNDED_EPS, alpha=2.5 * UNBOUNDED_EPS / steps, steps=steps, targeted=True)
+    alpha = default_alpha(UNBOUNDED_EPS, steps)
+    attack = build_named_attack("pgd", sections, eps=UNBOUNDED_EPS, alpha=alpha, steps=steps, targeted=True)
     adv = run_attack(attack, net, images, torch.zeros_like(labels), batch_size)
     return float(per_image_dice(predict(net, adv, batch_size), labels, task).mean())
 
@@ -194,8 +169,8 @@ def defense_report(net: nn.Module, defenses: dict[str, Mapping[str, Any]], attac
     """
     net = net.eval()
     oblivious = dict(oblivious or {})
+    models = {name: defend(net, section) for name, section in defenses.items()}  # each defense built once
     clean_pred = predict(net, images, batch_size)
-    models = {name: deployed(net, section) for name, section in defenses.items()}
     clean_def = {name: predict(m, images, batch_size) for name, m in models.items()}
     common = {"images": images, "clean_pred": clean_pred, "labels": labels, "task": task}
     rows: list[dict[str, Any]] = []
@@ -206,27 +181,32 @@ def defense_report(net: nn.Module, defenses: dict[str, Mapping[str, Any]], attac
         adv = oblivious[attack_name]
         rows.append(score_row("none", attack_name, BASELINE, attack, adv=adv, pred=predict(net, adv, batch_size),
                               clean_pred_defended=clean_pred, reference=reference, **common))
-        for name, section in defenses.items():
-            model = models[name]
+        for name, model in models.items():  # scored on the deployed model, whoever crafted the images
+            scored = {"clean_pred_defended": clean_def[name], "reference": reference, **common}
             rows.append(score_row(name, attack_name, OBLIVIOUS, attack, adv=adv, pred=predict(model, adv, batch_size),
-                                  clean_pred_defended=clean_def[name], reference=reference, **common))
-            defense = model.defense  # type: ignore[union-attr]
-            for label, gradient, eot in threat_models(section):
-                adaptive = DefendedModel(net, defense, gradient=gradient, eot_samples=eot)
-                adv_a = run_attack(attack, adaptive, images, reference, batch_size, progress)
+                                  **scored))
+            for label, gradient, eot in threat_models(model):
+                adv_a = run_attack(attack, adaptive(model, gradient, eot), images, reference, batch_size, progress)
                 rows.append(score_row(name, attack_name, label, attack, adv=adv_a, pred=predict(model, adv_a, batch_size),
-                                      clean_pred_defended=clean_def[name], reference=reference, **common))
+                                      **scored))
     check_transfer(rows)
-    sanity = []
-    for name, section in {"none": {"name": "none"}, **defenses}.items():
-        adaptive = net if name == "none" else DefendedModel(net, models[name].defense, gradient=threat_models(section)[0][1])  # type: ignore[union-attr]
-        points = budget_sweep(adaptive, images, labels, task, sorted(eps_sweep or []), sweep_steps, batch_size, sections)
-        unbounded = unbounded_dice(adaptive, images, labels, task, batch_size, sections)
-        problems = check_monotone(points) + check_unbounded(unbounded)
-        sanity.append({"defense": name, "threat_model": BASELINE if name == "none" else threat_models(section)[0][0],
-                       "sweep": [{"eps": e, "dice": d} for e, d in points], "unbounded_dice": unbounded,
-                       "check": "ok" if not problems else "WARN: " + "; ".join(problems)})
+    views = {"none": (BASELINE, net)}  # defense -> (threat model, what its first adaptive attacker attacks)
+    for name, model in models.items():
+        label, gradient, _ = threat_models(model)[0]
+        views[name] = (label, adaptive(model, gradient))
+    sanity = [sanity_checks(name, threat, attacked, images, labels, task, batch_size, sorted(eps_sweep or []), sweep_steps,
+                            sections) for name, (threat, attacked) in views.items()]
     return {"rows": rows, "sanity": sanity}
+
+
+def sanity_checks(defense: str, threat: str, attacked: nn.Module, images: Tensor, labels: Tensor, task: Task,
+                  batch_size: int, eps_values: list[float], steps: int, sections: dict[str, Any] | None) -> dict[str, Any]:
+    """Budget sweep and unbounded attack on the attacker's view ``attacked`` of one defense; ``check`` names violations."""
+    points = budget_sweep(attacked, images, labels, task, eps_values, steps, batch_size, sections)
+    unbounded = unbounded_dice(attacked, images, labels, task, batch_size, sections)
+    problems = check_monotone(points) + check_unbounded(unbounded)
+    return {"defense": defense, "threat_model": threat, "sweep": [{"eps": e, "dice": d} for e, d in points],
+            "unbounded_dice": unbounded, "check": "ok" if not problems else "WARN: " + "; ".join(problems)}
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -266,6 +246,17 @@ def report_markdown(report: dict[str, Any], header: str = "") -> str:
         + sanity_table(report["sanity"]))
 
 
-__all__ = ["BASELINE", "OBLIVIOUS", "attack_strength", "budget_sweep", "check_monotone", "check_transfer", "check_unbounded",
-           "defense_report", "defense_table", "deployed", "predict", "report_markdown", "run_attack", "sanity_table",
-           "score_row", "threat_models", "unbounded_dice"]
+def write_defense_report(run_dir: Path, report: dict[str, Any], source: str) -> None:
+    """``defense.csv`` (the rows) and ``defense.md`` (rows and sanity checks) in ``run_dir``; ``source`` says which
+    checkpoint and images were evaluated."""
+    write_csv(run_dir / "defense.csv", report["rows"])
+    header = (f"# Defense report\n\n{source}; "
+              "oblivious = adversarial images crafted on the undefended model, then defended; adaptive = the attack on "
+              "model . defense (BPDA: identity backward). Only adaptive rows support a robustness claim. Adversarial images stay "
+              "float in [0,1] (no uint8 round-trip); means over images; IoU / Dice per image vs the ground truth.")
+    write_text(run_dir / "defense.md", report_markdown(report, header) + "\n")
+
+
+__all__ = ["BASELINE", "OBLIVIOUS", "adaptive", "attack_strength", "budget_sweep", "check_monotone", "check_transfer",
+           "check_unbounded", "defense_report", "defense_table", "report_markdown", "run_attack", "sanity_checks", "sanity_table",
+           "score_row", "threat_models", "unbounded_dice", "write_defense_report"]

@@ -1,72 +1,116 @@
-"""Robust segmentation quality under untargeted attacks at several Linf budgets (REFERENCE 5.3), for one or
-several checkpoints, and the robustness curve (Dice vs eps) in one plot.
+"""Robust segmentation quality under untargeted attacks at several Linf budgets: the one budget sweep, the
+robustness curve of one or several checkpoints, and its monotonicity check.
 
-Rows: checkpoint x attack x eps, with robust Dice per structure and mean IoU against the ground truth
-(per image, averaged over images); eps = 0 is the clean model. Written as ``robustness.csv``,
-``robustness.md`` and ``robustness.png``.
+:func:`robust_sweep` attacks at each budget and scores per image the robust Dice per structure and the IoU against
+the ground truth; the validation callback, the defense report's sanity checks and the ``attack`` command's
+robustness curve all use it. Curve rows: checkpoint x attack x eps, means over images; eps = 0 is the clean model.
+Written as ``robustness.csv``, ``robustness.md`` and ``robustness.png``.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_seg.attacks import per_image_iou
-from lightning_seg.attacks.config import build_named_attack
-from lightning_seg.evaluation.defense_report import check_monotone
-from lightning_seg.io import atomic_write
+from lightning_seg.attacks import build_named_attack, default_alpha, per_image_iou
+from lightning_seg.evaluation.inference import attack_batches, predict
+from lightning_seg.io import atomic_write, write_csv, write_text
 from lightning_seg.metrics.segmentation import per_image_dice
+from lightning_seg.tasks import Task
 from lightning_seg.training.checkpoint import load_module
 
+# Differences of mean scores below this are noise (random starts, means over few images), not a finding.
+NOISE_TOL = 0.02
 
-def robustness_sweep(checkpoints: list[Path], images: Tensor, labels: Tensor, *, eps_values: list[float], attacks: list[str],
-                     steps: int, batch_size: int, sections: dict[str, Any] | None = None, progress: Any = None) -> list[dict[str, Any]]:
+
+class RobustScores(NamedTuple):
+    """Per-image scores against the ground truth at one budget (eps = 0: the clean prediction)."""
+
+    eps: float
+    dice: Tensor  # [N, S]: per structure
+    iou: Tensor  # [N]: mean over classes
+
+
+def score_prediction(eps: float, pred: Tensor, labels: Tensor, task: Task) -> RobustScores:
+    """Per-image Dice per structure and IoU of the prediction ``pred`` against the ground truth ``labels``."""
+    iou = per_image_iou(pred, labels, num_classes=task.num_classes)
+    return RobustScores(eps, per_image_dice(pred, labels, task), iou)
+
+
+def robust_sweep(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_values: Sequence[float], *, steps: int,
+                 attack: str = "pgd", sections: dict[str, Any] | None = None, batch_size: int | None = None,
+                 progress: Any = None, rescore: bool = False) -> list[RobustScores]:
+    """Scores under the untargeted ``attack`` (a key of the config's ``attack`` section, whose hyper-parameters it
+    takes, or a registered name) at each Linf budget, with ``steps`` steps of :func:`default_alpha`.
+
+    The prediction scored is the attack's own final forward; ``rescore`` predicts the adversarial images again, as
+    the defense report scores every row (it differs only for randomised defenses, which draw a new sample)."""
+    out = []
+    for eps in eps_values:
+        atk = build_named_attack(attack, sections, eps=eps, alpha=default_alpha(eps, steps), steps=steps, targeted=False)
+        results = attack_batches(atk, net, images, labels, batch_size, progress)
+        if rescore:
+            pred = predict(net, torch.cat([r.adv for r in results]), batch_size)
+        else:
+            pred = torch.cat([r.pred for r in results])
+        out.append(score_prediction(eps, pred, labels, task))
+    return out
+
+
+def robustness_sweep(checkpoints: list[Path], images: Tensor, labels: Tensor, *, eps_values: list[float],
+                     attacks: list[str], steps: int, batch_size: int, sections: dict[str, Any] | None = None,
+                     progress: Any = None) -> list[dict[str, Any]]:
+    """Curve rows of every checkpoint (with the defense it was trained behind): clean, then each attack per budget."""
     rows = []
     for ckpt in checkpoints:
         module = load_module(str(ckpt))
         net, task = module.net.to(images.device).eval(), module.task
         y = module.crop_labels(images, labels)
-        with torch.no_grad():
-            clean = torch.cat([net(x).argmax(1) for x in images.split(batch_size)])
-        rows.append(_row(ckpt, "clean", 0.0, clean, y, task))
+        rows.append(_row(ckpt, "clean", score_prediction(0.0, predict(net, images, batch_size), y, task), task))
         for name in attacks:
-            for eps in eps_values:
-                attack = build_named_attack(name, sections, eps=eps, alpha=2.5 * eps / steps, steps=steps, targeted=False)
-                preds = []
-                for x, t in zip(images.split(batch_size), y.split(batch_size)):
-                    preds.append(attack(net, x, t).pred)
-                    if progress is not None:
-                        progress.update(1)
-                rows.append(_row(ckpt, name, eps, torch.cat(preds), y, task))
+            for s in robust_sweep(net, images, y, task, eps_values, steps=steps, attack=name, sections=sections,
+                                  batch_size=batch_size, progress=progress):
+                rows.append(_row(ckpt, name, s, task))
     return flag_monotone(rows)
 
 
+def check_monotone(points: list[tuple[float, float]], tol: float = NOISE_TOL) -> list[str]:
+    """Violations of 'robust Dice does not rise with the budget' in ``[(eps, dice), ...]``."""
+    out = []
+    pts = sorted(points)
+    for (e0, d0), (e1, d1) in zip(pts, pts[1:]):
+        if d1 > d0 + tol:
+            out.append(f"Dice rises from {d0:.3f} at eps {e0 * 255:g}/255 to {d1:.3f} at {e1 * 255:g}/255")
+    return out
+
+
 def flag_monotone(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sanity check of every curve (REFERENCE 3.6): robust Dice must not rise with the budget. Sets each row's
-    ``check`` to "" or a ``WARN`` naming the rise (a rise means a too-weak attack, e.g. masked gradients)."""
+    """Sanity check of every curve: a stronger budget must not give a higher robust Dice; a rise means the attack is
+    too weak (e.g. masked gradients, Athalye et al. 2018). Sets each row's ``check`` to "" or a ``WARN`` naming it."""
     for row in rows:
         row["check"] = ""
     for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
         clean = [r for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean"]
         for attack in dict.fromkeys(r["attack"] for r in rows if r["checkpoint"] == ckpt and r["attack"] != "clean"):
-            curve = clean + sorted((r for r in rows if r["checkpoint"] == ckpt and r["attack"] == attack), key=lambda r: r["eps"])
+            points = (r for r in rows if r["checkpoint"] == ckpt and r["attack"] == attack)
+            curve = clean + sorted(points, key=lambda r: r["eps"])
             for prev, row in zip(curve, curve[1:]):
                 problems = check_monotone([(prev["eps"], prev["dice"]), (row["eps"], row["dice"])])
                 row["check"] = "WARN: " + "; ".join(problems) if problems else ""
     return rows
 
 
-def _row(ckpt: Path, attack: str, eps: float, pred: Tensor, labels: Tensor, task: Any) -> dict[str, Any]:
-    dice = per_image_dice(pred, labels, task)
-    row: dict[str, Any] = {"checkpoint": _label(ckpt), "attack": attack, "eps": eps, "eps_255": round(eps * 255, 3)}
-    for j, s in enumerate(task.structure_names):
-        row[f"dice_{s}"] = float(dice[:, j].mean())
-    row["dice"] = float(dice.mean())
-    row["iou"] = float(per_image_iou(pred, labels, num_classes=task.num_classes).mean())
+def _row(ckpt: Path, attack: str, s: RobustScores, task: Task) -> dict[str, Any]:
+    row: dict[str, Any] = {"checkpoint": _label(ckpt), "attack": attack, "eps": s.eps, "eps_255": round(s.eps * 255, 3)}
+    for j, name in enumerate(task.structure_names):
+        row[f"dice_{name}"] = float(s.dice[:, j].mean())
+    row["dice"] = float(s.dice.mean())
+    row["iou"] = float(s.iou.mean())
     return row
 
 
@@ -84,6 +128,13 @@ def robustness_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['checkpoint']} | {r['attack']} | {r['eps_255']:g} | {cells} | {r['dice']:.3f} | {r['iou']:.3f} | "
                      f"{r.get('check') or 'ok'} |")
     return "\n".join(lines)
+
+
+def write_robustness(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """``robustness.csv``, ``robustness.md`` and the curve ``robustness.png`` (returned) in ``run_dir``."""
+    write_csv(run_dir / "robustness.csv", rows)
+    write_text(run_dir / "robustness.md", robustness_table(rows) + "\n")
+    return plot_curve(rows, run_dir / "robustness.png")
 
 
 def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -110,3 +161,7 @@ def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)
     return path
+
+
+__all__ = ["NOISE_TOL", "RobustScores", "check_monotone", "flag_monotone", "plot_curve", "robust_sweep",
+           "robustness_sweep", "robustness_table", "score_prediction", "write_robustness"]

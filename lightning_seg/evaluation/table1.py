@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_seg.metrics.clinical import SCREENING_THRESHOLDS
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 
-TABLE_COLUMNS = ("l2", "linf", "iou", "pixel_acc")
 
-
-def per_image_rows(name: str, targeted: bool, results: list[Any], adv_pred: Tensor, keys: list[str], ref_keys: list[str], labels: Tensor,
-          clean_dice: Tensor, task: Task) -> list[dict[str, Any]]:
+def per_image_rows(name: str, targeted: bool, results: list[Any], adv_pred: Tensor, keys: list[str], ref_keys: list[str],
+                   labels: Tensor, clean_dice: Tensor, task: Task) -> list[dict[str, Any]]:
+    """One row per attacked image: the attack's record, clean and adversarial Dice per structure vs ``labels``, and the
+    forwards / backwards per image of the whole attack."""
     adv_dice = per_image_dice(adv_pred, labels, task)
     structures = task.structure_names
     records = [rec for r in results for rec in r.to_records()]
@@ -65,12 +66,19 @@ def table1(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_AT = " / ".join(f"{t:g}" for t in SCREENING_THRESHOLDS)
+
+
+def _per_threshold(key: str) -> tuple[str, ...]:
+    return tuple(f"clin_{key}@{t:g}" for t in SCREENING_THRESHOLDS)
+
+
 CLINICAL_COLUMNS = {
     "vCDR gt / clean / adv": ("clin_vcdr_gt", "clin_vcdr_clean", "clin_vcdr_adv"),
-    "screening flips at 0.6 / 0.7": ("clin_flip@0.6", "clin_flip@0.7"),
-    "target masks' flips at 0.6 / 0.7": ("clin_target_flip@0.6", "clin_target_flip@0.7"),
-    "normal->suspect of clean-normal at 0.6 / 0.7": ("clin_n2s_of_normal@0.6", "clin_n2s_of_normal@0.7"),
-    "same for the target masks": ("clin_target_n2s_of_normal@0.6", "clin_target_n2s_of_normal@0.7"),
+    f"screening flips at {_AT}": _per_threshold("flip"),
+    f"target masks' flips at {_AT}": _per_threshold("target_flip"),
+    f"normal->suspect of clean-normal at {_AT}": _per_threshold("n2s_of_normal"),
+    "same for the target masks": _per_threshold("target_n2s_of_normal"),
     "mean abs dvCDR": ("clin_mean_abs_dvcdr",),
     "rel. area change": ("clin_rel_area_change",),
     "compactness clean / adv": ("clin_compactness_clean", "clin_compactness_adv"),
@@ -99,5 +107,3 @@ def synthesis_table(summaries: list[dict[str, Any]]) -> str:
                          f"{s['synth_max_disp_px_mean']:.2f} | {s['synth_max_bias_mean']:.3f} | {s['synth_min_jacobian_min']:.3f} | "
                          f"{s['synth_ssim_mean']:.3f} |")
     return "\n".join(lines)
-
-

@@ -1,4 +1,4 @@
-"""W&B logging for the ``attack`` command, which runs without a Trainer: tables, summary metrics and panels."""
+"""W&B logging: mask overlays named by the task's classes, tables, and the ``attack`` command's run (no Trainer there)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,36 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from lightning_seg.config import to_plain
+from lightning_seg.tasks import Task, get_task
+
+
+def mask_overlays(task: Task, **masks: Tensor) -> dict[str, dict[str, Any]]:
+    """W&B ``masks=`` argument: each class-index map ``[h,w]`` under its key, classes named by ``task.class_names``."""
+    labels = dict(enumerate(task.class_names))
+    return {key: {"mask_data": mask.cpu().numpy(), "class_labels": labels} for key, mask in masks.items()}
+
+
+def table_data(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns (every key, in first-seen order) and row values of a W&B table; missing values are ``None``."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return cols, [[r.get(c) for c in cols] for r in rows]
+
+
+def panel_media(task: Task, attack: str, media: dict[str, Any]) -> dict[str, list[Any]]:
+    """``log_image`` arguments for the validation callback's ``media`` (adversarial images, their predictions, the
+    ground truth, image keys): the images with prediction / ground-truth overlays, captioned by attack and key."""
+    from lightning_seg.viz.panels import to_uint8
+
+    n = len(media["adv"])
+    return {"images": [to_uint8(a) for a in media["adv"]],
+            "masks": [mask_overlays(task, adv_prediction=p, ground_truth=y) for p, y in zip(media["pred"], media["labels"])],
+            "caption": [f"{attack} {k}" for k in (media["keys"] or [""] * n)]}
+
+
+def media_table(media: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The per-image table of the callback's ``media``: image key (or index) and every per-image value."""
+    names = media["keys"] or [str(i) for i in range(len(media["adv"]))]
+    return table_data([{"image": name, **{k: float(v[i]) for k, v in media["values"].items()}} for i, name in enumerate(names)])
 
 
 class AttackLogger:
@@ -21,7 +51,7 @@ class AttackLogger:
         import wandb
 
         self.wandb = wandb
-        self.classes = {0: "background", 1: "lesion" if cfg.data.task == "lesion" else "disc / rim", 2: "cup"}
+        self.task = get_task(cfg.data.task)
         self.run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), mode=cfg.logger.mode,
                               job_type="attack", name=f"attack/{run_dir.name}", config=to_plain(cfg), tags=list(cfg.logger.tags),
                               reinit="finish_previous")
@@ -31,38 +61,35 @@ class AttackLogger:
             return
         from lightning_seg.viz.panels import to_uint8
 
-        media = []
-        for i in range(min(n, len(adv))):
-            masks = {"prediction": {"mask_data": pred[i].cpu().numpy(), "class_labels": self.classes},
-                     "reference": {"mask_data": reference[i].cpu().numpy(), "class_labels": self.classes}}
-            media.append(self.wandb.Image(to_uint8(adv[i]), masks=masks, caption=f"{name} #{i}"))
+        media = [self.wandb.Image(to_uint8(adv[i]), masks=mask_overlays(self.task, prediction=pred[i], reference=reference[i]),
+                                  caption=f"{name} #{i}") for i in range(min(n, len(adv)))]
         self.run.log({f"attack/{name}/panels": media})
 
     def table(self, key: str, rows: list[dict[str, Any]]) -> None:
         if self.run is None or not rows:
             return
-        cols = list(rows[0])
-        self.run.log({key: self.wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])})
+        self.run.log({key: self._table(rows)})
 
     def robustness(self, rows: list[dict[str, Any]], plot: Path) -> None:
         if self.run is None:
             return
-        cols = list(rows[0])
-        self.run.log({"attack/robustness": self.wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows]),
-                      "attack/robustness_curve": self.wandb.Image(str(plot))})
+        self.run.log({"attack/robustness": self._table(rows), "attack/robustness_curve": self.wandb.Image(str(plot))})
 
     def finish(self, summaries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         if self.run is None:
-            return
-        if not summaries:
-            self.run.finish()
             return
         for s in summaries:
             for k, v in s.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.run.summary[f"attack/{s['method']}/{k}"] = v
-        cols = list(summaries[0])
-        self.run.log({"attack/summary": self.wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in summaries])})
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        self.run.log({"attack/per_image": self.wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+        if summaries:
+            self.run.log({"attack/summary": self._table(summaries)})
+            self.run.log({"attack/per_image": self._table(rows)})
         self.run.finish()
+
+    def _table(self, rows: list[dict[str, Any]]) -> Any:
+        cols, data = table_data(rows)
+        return self.wandb.Table(columns=cols, data=data)
+
+
+__all__ = ["AttackLogger", "mask_overlays", "media_table", "panel_media", "table_data"]

@@ -1,7 +1,7 @@
-"""Clinical read-outs from class-index masks [B,H,W] (REFERENCE.md section 6).
+"""Clinical read-outs from class-index masks [B,H,W].
 
-Glaucoma (6.1, ignaciorlando/refuge-evaluation): vertical cup-to-disc ratio and screening
-label flips. ISIC (6.2, pixel units, relative changes): area, centroid, perimeter,
+Glaucoma (as the REFUGE challenge's evaluation code, ignaciorlando/refuge-evaluation): vertical cup-to-disc ratio
+and screening label flips. ISIC (pixel units, relative changes): area, centroid, perimeter,
 compactness, principal-axis asymmetry and the ABCD asymmetry score.
 
 All functions are batched torch, per image, and free of host syncs.
@@ -27,6 +27,7 @@ __all__ = [
     "vertical_diameter",
     "vcdr",
     "screening_labels",
+    "screening_flip_flags",
     "screening_flips",
     "area",
     "relative_area_change",
@@ -37,8 +38,10 @@ __all__ = [
     "compactness",
     "asymmetry",
     "asymmetry_score",
+    "ASYM_THRESHOLD",
     "CLINICAL_TASK",
     "GLAUCOMA_TASKS",
+    "SCREENING_THRESHOLDS",
     "SHAPE_TASKS",
     "check_masks",
 ]
@@ -47,6 +50,9 @@ GLAUCOMA_TASKS = ("disc_cup", "glaucoma")
 SHAPE_TASKS = ("isic", "disc")
 # lightning_seg task names -> read-out family: lesion shape for ISIC and disc-only, vCDR for disc_cup.
 CLINICAL_TASK = {"lesion": "isic", "disc": "disc", "disc_cup": "disc_cup"}
+# vCDR cut-offs of a glaucoma screening label (suspect if vCDR >= t); every report uses both.
+SCREENING_THRESHOLDS = (0.6, 0.7)
+ASYM_THRESHOLD = 0.1  # A_k above which an axis counts as asymmetric in the ABCD score (a project choice, see below)
 
 
 def check_masks(masks: Tensor, name: str = "masks") -> None:
@@ -74,21 +80,33 @@ def screening_labels(v: Tensor, threshold: float) -> Tensor:
     return v >= threshold
 
 
+def screening_flip_flags(
+    vcdr_ref: Tensor, vcdr_new: Tensor, thresholds: tuple[float, ...] = SCREENING_THRESHOLDS
+) -> dict[str, Tensor]:
+    """Per image, 0/1 float [B]: ``n2s@t`` (normal -> suspect) and ``s2n@t`` (suspect -> normal) from ``vcdr_ref``
+    to ``vcdr_new`` at each threshold t."""
+    if vcdr_ref.shape != vcdr_new.shape:
+        raise ValueError(f"vcdr_ref {tuple(vcdr_ref.shape)} and vcdr_new {tuple(vcdr_new.shape)} differ in shape")
+    out: dict[str, Tensor] = {}
+    for t in thresholds:
+        a, b = screening_labels(vcdr_ref, t), screening_labels(vcdr_new, t)
+        out[f"n2s@{t:g}"] = (~a & b).float()
+        out[f"s2n@{t:g}"] = (a & ~b).float()
+    return out
+
+
 def screening_flips(
-    vcdr_ref: Tensor, vcdr_new: Tensor, thresholds: tuple[float, ...] = (0.6, 0.7)
+    vcdr_ref: Tensor, vcdr_new: Tensor, thresholds: tuple[float, ...] = SCREENING_THRESHOLDS
 ) -> dict[str, Tensor]:
     """Share of images whose screening label (vCDR >= t) flips from ``vcdr_ref`` to ``vcdr_new``.
 
     Keys per threshold t: ``n2s@t`` (normal -> suspect), ``s2n@t`` (suspect -> normal),
     ``flip@t`` (either), all shares of the number of images; plus ``mean_abs_dvcdr``.
     """
-    if vcdr_ref.shape != vcdr_new.shape:
-        raise ValueError(f"vcdr_ref {tuple(vcdr_ref.shape)} and vcdr_new {tuple(vcdr_new.shape)} differ in shape")
+    flags = screening_flip_flags(vcdr_ref, vcdr_new, thresholds)
     out: dict[str, Tensor] = {}
     for t in thresholds:
-        a, b = screening_labels(vcdr_ref, t), screening_labels(vcdr_new, t)
-        n2s = (~a & b).float().mean()
-        s2n = (a & ~b).float().mean()
+        n2s, s2n = flags[f"n2s@{t:g}"].mean(), flags[f"s2n@{t:g}"].mean()
         out[f"n2s@{t:g}"] = n2s
         out[f"s2n@{t:g}"] = s2n
         out[f"flip@{t:g}"] = n2s + s2n
@@ -139,8 +157,8 @@ def centroid_shift(ref: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
 # polygon measures a straight boundary at angle theta in [0, pi/4] as cos(theta) +
 # (sqrt2 - 1) sin(theta) (the Freeman chain-code bias); its mean over orientations is
 # 8 (sqrt2 - 1) / pi = 1.0548. ``perimeter`` divides by that mean, so it is unbiased for
-# boundaries of random orientation (lesions), and a rasterised disc gets CI = 1.00 +- 0.03
-# (vs 1.11 uncorrected, and 16/pi^2 = 1.62 with the plain 4-connected edge count).
+# boundaries of random orientation (lesions), and a rasterised disc gets CI close to 1
+# (16/pi^2 = 1.62 with the plain 4-connected edge count).
 # The price: an axis-aligned square is measured 5 % short (CI 1.15 instead of 4/pi).
 PERIMETER_BIAS = 8 * (math.sqrt(2) - 1) / math.pi
 _S = math.sqrt(0.5)
@@ -220,19 +238,13 @@ def asymmetry(binary: Tensor) -> Tensor:
     return torch.where((a > 0).unsqueeze(1), res, torch.full_like(res, float("nan")))
 
 
-def asymmetry_score(binary: Tensor, threshold: float = 0.1) -> Tensor:
+def asymmetry_score(binary: Tensor, threshold: float = ASYM_THRESHOLD, asym: Tensor | None = None) -> Tensor:
     """ABCD asymmetry score [B] in {0,1,2} (float; NaN for an empty mask): axes with A_k > threshold.
 
     The threshold is a project choice (default 0.1 = 10 % of the lesion area), not a
-    published constant; report it next to the score.
+    published constant; report it next to the score. ``asym``: :func:`asymmetry` of ``binary`` when already computed.
     """
-    asym = asymmetry(binary)
+    asym = asymmetry(binary) if asym is None else asym
     score = (asym > threshold).float().sum(1)
     return torch.where(torch.isnan(asym[:, 0]), torch.full_like(score, float("nan")), score)
-
-
-# ----------------------------------------------------------------------------- reports
-
-
-
 

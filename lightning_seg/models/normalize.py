@@ -1,7 +1,7 @@
 """Per-channel mean/std normalisation as a module, so models take images in [0, 1].
 
 Keeping normalisation inside the model means attacks, clamps and eps are all in [0, 1]
-units and a defense or attack never needs to know the data statistics (REFERENCE 1.1).
+units and a defense or attack never needs to know the data statistics.
 """
 
 from __future__ import annotations

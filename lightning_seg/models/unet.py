@@ -13,6 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_seg.config import ModelConfig
+
+# The project's U-Net defaults live in the config schema (``model=unet``); UNet() builds the same network.
+_DEFAULT = ModelConfig()
+
 from lightning_seg.models.normalize import Normalize
 
 
@@ -47,13 +52,13 @@ class UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 2,
-        width: int = 16,
-        depth: int = 4,
-        padding: str = "same",
-        norm: str = "batch",
-        upsample: str = "transpose",
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
+        width: int = _DEFAULT.width,
+        depth: int = _DEFAULT.depth,
+        padding: str = _DEFAULT.padding,
+        norm: str = _DEFAULT.norm,
+        upsample: str = _DEFAULT.upsample,
+        mean: Sequence[float] = tuple(_DEFAULT.mean),
+        std: Sequence[float] = tuple(_DEFAULT.std),
     ) -> None:
         super().__init__()
         if padding not in ("same", "valid"):

@@ -1,19 +1,21 @@
 """Adversarial-training hook: replaces (a share of) each training batch by adversarial examples.
 
-Default recipe (REFERENCE 4.3): Linf PGD with random start, K = 3 steps, alpha = 2.5 eps / K, generated
-with the network in eval mode (the attack guard; BatchNorm statistics stay clean) through
-``torch.autograd.grad`` w.r.t. the input on the bare network (no DDP hooks fire, no parameter
-``.grad``); the outer loss is then computed on the detached adversarial batch. ``attack=asma`` trains
-against targeted ASMA examples whose targets are random realistic masks (another image's mask by default).
+Default recipe (Madry et al. 2018): Linf PGD with random start, K = ``adv_train.steps`` steps of
+:func:`~lightning_seg.attacks.pgd.default_alpha` (2.5 eps / K), generated with the network in eval mode (the attack
+guard; BatchNorm statistics stay clean) through ``torch.autograd.grad`` w.r.t. the input on the bare network (no DDP
+hooks fire, no parameter ``.grad``); the outer loss is then computed on the detached adversarial batch.
+``attack=asma`` trains against targeted ASMA examples whose targets are random realistic masks (another image's mask
+by default).
 
-``attack=synthesis`` is adversarial data augmentation with the Chen-style synthesis transforms
-(REFERENCE 2.8, 4.1 AdvChain): a smooth deformation + bias field + noise optimised against the network
-(``steps`` gradient steps, then scaled to a Dice drop of ``params.dice_drop``), trained against the
-*equally deformed* labels; its noise component is off unless ``params.noise_std`` is set (see
-``SYNTHESIS_TRAIN_DEFAULTS``). ``attack=random_synthesis`` draws the same transforms at random (alpha ~ U[0,1])
-without a forward pass: the non-adversarial baseline. ``params`` takes the keys of ``conf/attack/synthesis.yaml``.
-``random_bias=True`` (synthesis only) optimises the deformation (and noise, if on) and applies a random bias field on
-top.
+``attack=synthesis`` is adversarial data augmentation with the Chen-style synthesis transforms (in the spirit of
+AdvChain, Chen et al. 2022): a smooth deformation + bias field + noise optimised against the network (``steps``
+gradient steps, then scaled to a Dice drop of ``params.dice_drop``), trained against the *equally deformed* labels;
+its noise component is off unless ``params.noise_std`` is set (see ``SYNTHESIS_TRAIN_DEVIATIONS``).
+``attack=random_synthesis`` draws the same transforms at random (alpha ~ U[0,1]) without a forward pass: the
+non-adversarial baseline. ``params`` takes the keys of ``conf/attack/synthesis.yaml``. ``random_bias=True`` (synthesis
+only) optimises the deformation (and noise, if on) and applies a random bias field on top.
+
+The hook's own defaults (attack, eps, steps, ratio, target) are those of ``AdvTrainConfig`` (lightning_seg.config).
 """
 
 from __future__ import annotations
@@ -25,23 +27,26 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.attacks.config import SynthesisConfig, build_named_attack, is_targeted
-from lightning_seg.attacks.synthesis import TRANSFORM_KEYS, random_synthesis, transform_config
+from lightning_seg.attacks.deformations import TransformConfig
+from lightning_seg.attacks.pgd import default_alpha
+from lightning_seg.attacks.synthesis import TRANSFORM_KEYS, random_synthesis
 from lightning_seg.attacks.targets import make_target
+from lightning_seg.config import AdvTrainConfig
 
 PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm")
-# Training defaults of the synthesis augmentation: cheaper than the evaluation attack (3 steps + 3 bisection steps),
-# a fresh random start per batch (seed None), a larger drop than evaluation so that examples are hard, and no noise.
-# Adversarial noise is an L2 attack of its own: on the faint ISIC default it alone reaches the 0.3 drop, so the
-# bisection shrinks deformation and bias to half their budget (alpha 0.50, |b - 1| 0.13) and training becomes L2
-# adversarial training (clean Dice 0.87 vs 0.93 without noise, seed 0). Without it the adversary uses the full
-# anatomy and appearance budget (alpha 0.99, |b - 1| 0.25, 5.8 px). Measured in README "Synthesis".
-SYNTHESIS_TRAIN_DEFAULTS = {"bisect_steps": 3, "dice_drop": 0.3, "seed": None, "noise_std": 0.0}
+# Deliberate deviations of the training adversary from the synthesis defaults (conf/attack/synthesis.yaml): it is
+# cheaper (3 bisection steps; the gradient steps are adv_train.steps), draws a fresh random start per batch (seed
+# None), asks for a larger Dice drop so that the examples are hard, and has no noise component: adversarial noise is an
+# L2 attack of its own that can reach the drop alone, which makes the bisection shrink deformation and bias and turns
+# the augmentation into L2 adversarial training (docs/experiments.md, "Synthesis augmentation").
+SYNTHESIS_TRAIN_DEVIATIONS = {"bisect_steps": 3, "dice_drop": 0.3, "seed": None, "noise_std": 0.0}
+_DEFAULTS = AdvTrainConfig()
 
 
 class AdversarialTrainingHook:
-    def __init__(self, attack: str = "pgd", eps: float = 4 / 255, steps: int = 3, alpha: float | None = None,
-                 ratio: float = 1.0, target: str = "other_image", params: dict[str, Any] | None = None,
-                 random_bias: bool = False, **_: Any) -> None:
+    def __init__(self, attack: str = _DEFAULTS.attack, eps: float = _DEFAULTS.eps, steps: int = _DEFAULTS.steps,
+                 alpha: float | None = _DEFAULTS.alpha, ratio: float = _DEFAULTS.ratio, target: str = _DEFAULTS.target,
+                 params: dict[str, Any] | None = None, random_bias: bool = _DEFAULTS.random_bias, **_: Any) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"adv_train.ratio must be in (0, 1], got {ratio}")
         if random_bias and attack != "synthesis":
@@ -51,7 +56,7 @@ class AdversarialTrainingHook:
             params.setdefault("eps", eps)
             if attack != "fgsm":
                 params.setdefault("steps", steps)
-                params.setdefault("alpha", alpha if alpha is not None else 2.5 * eps / steps)
+                params.setdefault("alpha", alpha if alpha is not None else default_alpha(eps, steps))
                 params.setdefault("random_start", True)
             params.setdefault("seed", None)  # a fixed seed would reuse one random start for every batch
         self.name, self.ratio, self.target = attack, ratio, target
@@ -61,7 +66,7 @@ class AdversarialTrainingHook:
             self.synthesis: SynthesisConfig = build_named_attack("synthesis", None, **params).config  # validates the keys
             return
         if attack == "synthesis":
-            params = {"steps": steps, **SYNTHESIS_TRAIN_DEFAULTS, **params}
+            params = {"steps": steps, **SYNTHESIS_TRAIN_DEVIATIONS, **params}
             if random_bias:
                 self.bias = build_named_attack("synthesis", None, **params).config
                 params["eps_bias"] = 0.0  # the adversary gets no bias component
@@ -94,6 +99,6 @@ class AdversarialTrainingHook:
 
 def _random_transform(budgets: SynthesisConfig, x: Tensor, y: Tensor, **override: float) -> tuple[Tensor, Tensor]:
     """A random synthesis transform at the budgets of ``budgets`` (keys in ``override`` replaced): images, labels."""
-    cfg = transform_config(tuple(x.shape[1:]), **{**{k: getattr(budgets, k) for k in TRANSFORM_KEYS}, **override})
+    cfg = TransformConfig(**{**{k: getattr(budgets, k) for k in TRANSFORM_KEYS}, **override})
     adv, adv_labels, _ = random_synthesis(x, y, cfg)
     return adv, adv_labels

@@ -14,7 +14,6 @@ from lightning_seg.training.module import SegmentationModule
 CONFIG_KEY = "lightning_seg_config"
 
 
-
 class StoreConfig(Callback):
     """Puts the resolved run config into every checkpoint (plain containers: weights_only-safe)."""
 
@@ -23,7 +22,6 @@ class StoreConfig(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
-
 
 
 def load_checkpoint_config(path: Path) -> dict[str, Any] | None:

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_seg.config import LossConfig
 from lightning_seg.tasks import Task
+
+_DEFAULT = LossConfig()  # the loss weights' defaults live in the config schema
 
 
 def soft_dice_loss(probs: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
@@ -21,7 +24,7 @@ def soft_dice_loss(probs: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
 
 
 class DiceCELoss(nn.Module):
-    def __init__(self, task: Task, dice_weight: float = 1.0, ce_weight: float = 1.0) -> None:
+    def __init__(self, task: Task, dice_weight: float = _DEFAULT.dice_weight, ce_weight: float = _DEFAULT.ce_weight) -> None:
         super().__init__()
         if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, got dice={dice_weight}, ce={ce_weight}")

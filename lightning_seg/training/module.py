@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_seg.config import OptimConfig
 from lightning_seg.defenses import DefendedModel, defend
 from lightning_seg.metrics.segmentation import StructureMetrics
 from lightning_seg.models import build_model, center_crop
@@ -32,17 +33,17 @@ class SegmentationModule(pl.LightningModule):
         # The defense is part of the model: trained behind it, and attacks on `net` (callback, AT hook, `attack`)
         # are adaptive (BPDA by default). `defense=None` / name none: the bare network.
         self.net = defend(net, defense)
-        self.optim_cfg = {"lr": 3e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_fraction": 0.05, **(optim or {})}
+        self.optim_config = OptimConfig(**(optim or {}))  # the config schema holds the defaults
         self.criterion = DiceCELoss(self.task, **(loss or {}))
-        # ModuleDict keys cannot be "train" (an nn.Module method), hence the prefix.
         self.adv_hook = None
         if adv_train and adv_train.get("enabled"):
-            from lightning_seg.attacks.config import bind_task
+            from lightning_seg.attacks import bind_task
             from lightning_seg.training.adversarial_hook import AdversarialTrainingHook
 
             self.adv_hook = AdversarialTrainingHook(**adv_train)
             if self.adv_hook.attack is not None:  # synthesis: its Dice drop is the reporting Dice (disc = rim + cup)
                 bind_task(self.adv_hook.attack, self.task)
+        # ModuleDict keys cannot be "train" (an nn.Module method), hence the prefix.
         self.stage_metrics = torch.nn.ModuleDict({f"m_{s}": StructureMetrics(self.task, s) for s in ("train", "val", "test")})
 
     def metrics_for(self, stage: str) -> StructureMetrics:
@@ -121,22 +122,23 @@ class SegmentationModule(pl.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
-        cfg = self.optim_cfg
-        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        if cfg["scheduler"] == "none":
+        cfg = self.optim_config
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "none":
             return optimizer
-        if cfg["scheduler"] != "cosine":
-            raise ValueError(f"optim.scheduler={cfg['scheduler']!r}: use 'cosine' or 'none'")
+        if cfg.scheduler != "cosine":
+            raise ValueError(f"optim.scheduler={cfg.scheduler!r}: use 'cosine' or 'none'")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(cfg["warmup_fraction"] * total)
-
-        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 0
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        warmup = int(cfg.warmup_fraction * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def _align_net_keys(state_dict: Any, own: set[str]) -> Any:

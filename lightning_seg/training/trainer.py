@@ -27,18 +27,15 @@ def build_datamodule_from(cfg: DictConfig) -> SegmentationDataModule:
     return build_datamodule(data.pop("name"), seed=cfg.seed, **data)
 
 
-
 def defense_hparams(cfg: DictConfig) -> dict[str, Any] | None:
     """The ``defense`` section as the module's hyper-parameter (plain; ``None`` = no defense, as in old checkpoints)."""
     return to_plain(cfg.defense) if cfg.defense.name != "none" else None
-
 
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
     adv = to_plain(cfg.adv_train) if cfg.adv_train.enabled else None
     return SegmentationModule(model=to_plain(cfg.model), task=cfg.data.task, optim=to_plain(cfg.optim), loss=to_plain(cfg.loss), adv_train=adv,
                               defense=defense_hparams(cfg))
-
 
 
 def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -51,12 +48,10 @@ def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
                                   tuple(v.eps_sweep), v.sweep_steps)]
 
 
-
 def _run_id(run_dir: Path) -> str:
     """The W&B run id of a run folder: derived from its path, so every rank (also ranks started independently
     by torchrun / srun) and a resumed run get the same id without coordination."""
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
-
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, command: str) -> Any:
@@ -89,7 +84,6 @@ def build_logger(cfg: DictConfig, run_dir: Path, command: str) -> Any:
     )
 
 
-
 def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], logger: Any) -> pl.Trainer:
     t = cfg.trainer
     if t.sync_batchnorm and t.accelerator == "cpu":
@@ -114,16 +108,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], 
         callbacks=callbacks,
         logger=logger,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # no default checkpoints in validate/test
-        inference_mode=False,  # attacks need input gradients in validate/test (REFERENCE 8.1)
+        inference_mode=False,  # attacks need input gradients in validate/test (see the module docstring)
         use_distributed_sampler=False,  # datamodules.sampling.EpochSampler splits ranks itself
         enable_model_summary=False,
     )
 
 
-
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, (int, float))}
-
 
 
 def finish_logger(logger: Any) -> None:

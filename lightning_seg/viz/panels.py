@@ -60,11 +60,9 @@ def save_png(array: np.ndarray, path) -> None:
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"), binary=True)
 
 
-__all__ = ["COLUMNS", "PALETTE", "amplify", "attack_panel", "colorize", "save_png", "to_uint8"]
-
-
 def save_panels(name: str, adv: Tensor, pred: Tensor, iou: Tensor, images: Tensor, reference: Tensor, n: int, run_dir: Path,
-            keys: list[str]) -> list[Path]:
+                keys: list[str]) -> list[Path]:
+    """The first ``n`` attack panels of an attack as ``panels/<name>_<i>.png`` in ``run_dir``."""
     paths = []
     for i in range(min(n, len(adv))):
         panel = attack_panel(images[i], reference[i], adv[i], pred[i], title=f"{name} | {keys[i]} | IoU {float(iou[i]):.3f}")
@@ -72,3 +70,6 @@ def save_panels(name: str, adv: Tensor, pred: Tensor, iou: Tensor, images: Tenso
         save_png(panel, path)
         paths.append(path)
     return paths
+
+
+__all__ = ["COLUMNS", "PALETTE", "amplify", "attack_panel", "colorize", "save_panels", "save_png", "to_uint8"]

@@ -6,7 +6,7 @@ so it runs anywhere the package runs.
 Conventions: images uint8 HxWx3 RGB (or float [0, 1] / torch tensors CxHxW, which are
 converted), masks HxW class-index maps. Contours of ``mask >= k`` are drawn for every
 class ``k >= 1``, so for disc/cup masks {0 bg, 1 rim, 2 cup} the outer contour is the
-disc and the inner one the cup (REFERENCE 7.2: disc = mask >= 1, cup = mask == 2).
+disc and the inner one the cup (disc = mask >= 1, cup = mask == 2, as the task's structures).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["preview_grid", "mask_contour"]
+__all__ = ["mask_contour", "preview_grid", "stack_grids"]
 
 # Ground truth: green (class 1), blue (class 2), ...; predictions: red, yellow, ...
 _GT_COLORS = ((0, 255, 0), (0, 90, 255), (255, 0, 255))
@@ -136,3 +136,9 @@ def preview_grid(images: Sequence[Any] | np.ndarray, masks: Sequence[Any] | np.n
         r, c = divmod(i, ncols)
         grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t
     return grid
+
+
+def stack_grids(grids: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Grids of different widths one under the other, left-aligned on white with ``gap`` white rows below each."""
+    width = max(g.shape[1] for g in grids)
+    return np.concatenate([np.pad(g, ((0, gap), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grids])

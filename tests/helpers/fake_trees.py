@@ -1,4 +1,4 @@
-"""Tiny fake dataset trees with the exact real naming, for tests (REFERENCE 7.3).
+"""Tiny fake dataset trees with the exact real naming, for tests (no real data set is needed).
 
 Each ``make_*_tree`` writes a few small files (about 32x48 px, sizes differ per file as
 in the real sets) under ``root`` and returns a :class:`FakeTree` listing the expected

@@ -1,4 +1,4 @@
-"""Toy models with closed-form minimal perturbations, for attack tests (REFERENCE 2.10).
+"""Toy models with closed-form minimal perturbations, for attack tests (an oracle in the spirit of adv_lib's tests).
 
 ``PixelLinear``: a per-pixel linear 2-class classifier (1x1 convolution). With
 ``d_p = w . x_p + b`` the logits are ``[-d_p/2, d_p/2]`` ("symmetric", so the raw gradient of
