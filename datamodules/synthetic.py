@@ -212,11 +212,6 @@ def _isic_geometry(p: dict[str, Any], size: int) -> tuple[np.ndarray, np.ndarray
     return t, d_px
 
 
-def _isic_mask(p: dict[str, Any], size: int) -> np.ndarray:
-    _, d_px = _isic_geometry(p, size)
-    return (d_px > 0).astype(np.uint8)
-
-
 def _draw_isic(index: int, seed: int, size: int, hairs: bool = True, contrast: tuple[float, float] = ISIC_CONTRAST
                ) -> tuple[np.ndarray, np.ndarray]:
     p = synth_isic_params(index, seed=seed)
@@ -530,7 +525,7 @@ def _draw_fundus(index: int, seed: int, size: int, task: str, vessels: bool = Tr
 
     # --- optic disc (yellow-orange rim) and cup (brighter, pale), anti-aliased
     rho_d, d_disc = _ellipse_field(p["disc_center"], p["disc_axes"], p["angle"], size)
-    rho_c, d_cup = _ellipse_field(p["cup_center"], p["cup_axes"], p["angle"], size)
+    _, d_cup = _ellipse_field(p["cup_center"], p["cup_axes"], p["angle"], size)
     disc_col = np.array([rng.uniform(0.92, 1.0), rng.uniform(0.62, 0.78), rng.uniform(0.32, 0.48)],
                         np.float32)
     cup_col = np.array([1.0, rng.uniform(0.86, 0.95), rng.uniform(0.62, 0.8)], np.float32)

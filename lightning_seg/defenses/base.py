@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,6 @@ from lightning_seg.registry import Registry
 
 DEFENSES: Registry[nn.Module] = Registry("defense")
 
-Rounding = Literal["exact", "ste", "cubic"]
 ROUNDING_MODES: tuple[str, ...] = ("exact", "ste", "cubic")
 
 
