@@ -27,16 +27,16 @@ def evaluate(cfg: DictConfig, stage: str = "validate") -> dict[str, Any]:
     if stage not in ("validate", "test"):
         raise ValueError(f"stage must be 'validate' or 'test', got {stage!r}")
     ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
-    run_dir = new_run_dir(cfg.run.output_dir, stage, cfg.data.name, cfg.run.name)
-    with run_scope(run_dir):
-        return _evaluate(cfg, stage, ckpt, run_dir)
-
-
-def _evaluate(cfg: DictConfig, stage: str, ckpt: Path, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = load_module(str(ckpt), defense=defense_hparams(cfg))  # cfg.defense: the checkpoint's unless overridden
     if module.task.name != cfg.data.task:
         raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
+    run_dir = new_run_dir(cfg.run.output_dir, stage, cfg.data.name, cfg.run.name)
+    with run_scope(run_dir):
+        return _evaluate(cfg, stage, module, ckpt, run_dir)
+
+
+def _evaluate(cfg: DictConfig, stage: str, module: Any, ckpt: Path, run_dir: Path) -> dict[str, Any]:
     datamodule = build_datamodule_from(cfg)
     logger = build_logger(cfg, run_dir, stage)
     trainer = build_trainer(cfg, run_dir, callbacks=adversarial_callbacks(cfg), logger=logger)

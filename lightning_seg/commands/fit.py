@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_seg.config import to_plain
 from lightning_seg.io import write_json, write_text
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
-from lightning_seg.training.checkpoint import StoreConfig
+from lightning_seg.training.checkpoint import StoreConfig, load_weights, safe_load
+from lightning_seg.training.divergence import DivergenceGuard
 from lightning_seg.training.trainer import (
     adversarial_callbacks,
     build_datamodule_from,
@@ -29,15 +29,22 @@ from lightning_seg.training.trainer import (
 def fit(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None, command: str = "fit") -> dict[str, Any]:
     """Train a segmenter; returns the run folder, checkpoint paths and final metrics (also in results.json).
 
-    ``run.resume`` continues an interrupted run in its own folder from its ``last.ckpt``."""
-    resume_ckpt = None
-    if cfg.run.resume:
-        resume_ckpt = resolve_checkpoint(cfg.run.resume, cfg.run.output_dir, prefer="last")
-        run_dir = resume_ckpt.parent.parent if resume_ckpt.parent.name == "checkpoints" else new_run_dir(cfg.run.output_dir, command, cfg.data.name)
+    ``run.resume`` continues an interrupted run in its own folder from its ``last.ckpt``; ``run.init_from`` starts from
+    a checkpoint's weights with a new optimiser. Either checkpoint is checked (safe to load, same architecture) before
+    a run folder is created or touched."""
+    resume_ckpt = resolve_checkpoint(cfg.run.resume, cfg.run.output_dir, prefer="last") if cfg.run.resume else None
+    init = resolve_checkpoint(cfg.run.init_from, cfg.run.output_dir) if cfg.run.init_from and not resume_ckpt else None
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule_from(cfg)
+    module = build_module(cfg)
+    if resume_ckpt or init:
+        load_weights(module, safe_load(resume_ckpt or init), resume_ckpt or init)  # resume: Lightning loads it again
+    if resume_ckpt and resume_ckpt.parent.name == "checkpoints":
+        run_dir = resume_ckpt.parent.parent
     else:
-        run_dir = new_run_dir(cfg.run.output_dir, command, cfg.data.name, cfg.run.name)
+        run_dir = new_run_dir(cfg.run.output_dir, command, cfg.data.name, None if resume_ckpt else cfg.run.name)
     with run_scope(run_dir):
-        return _fit(cfg, run_dir, resume_ckpt, extra_callbacks or [], command)
+        return _fit(cfg, datamodule, module, run_dir, resume_ckpt, extra_callbacks or [], command)
 
 
 def adv_train(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
@@ -48,14 +55,9 @@ def adv_train(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None)
     return fit(cfg, extra_callbacks=extra_callbacks, command="adv-train")
 
 
-def _fit(cfg: DictConfig, run_dir: Path, resume_ckpt: Path | None, extra_callbacks: list[Callback], command: str) -> dict[str, Any]:
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+def _fit(cfg: DictConfig, datamodule: Any, module: Any, run_dir: Path, resume_ckpt: Path | None,
+         extra_callbacks: list[Callback], command: str) -> dict[str, Any]:
     plain = to_plain(cfg)
-    datamodule = build_datamodule_from(cfg)
-    module = build_module(cfg)
-    if cfg.run.init_from and not resume_ckpt:
-        init = resolve_checkpoint(cfg.run.init_from, cfg.run.output_dir)
-        module.load_state_dict(torch.load(init, map_location="cpu", weights_only=True)["state_dict"])
     checkpoint = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
@@ -69,14 +71,15 @@ def _fit(cfg: DictConfig, run_dir: Path, resume_ckpt: Path | None, extra_callbac
     # when a top-k checkpoint was saved in the same step, which would make resume restart from a stale epoch.
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     logger = build_logger(cfg, run_dir, command)
-    callbacks: list[Callback] = [checkpoint, last, StoreConfig(plain), *adversarial_callbacks(cfg), *extra_callbacks]
+    callbacks: list[Callback] = [DivergenceGuard(), checkpoint, last, StoreConfig(plain), *adversarial_callbacks(cfg), *extra_callbacks]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = build_trainer(cfg, run_dir, callbacks=callbacks, logger=logger)
     if trainer.is_global_zero:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    # weights_only=True explicitly: an environment override cannot make Lightning unpickle code on resume
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None, weights_only=True)
     result = {
         "command": command,
         "run_dir": str(run_dir),
