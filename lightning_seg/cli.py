@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             "adv-train": adv_train,
         }
         result = runners[args.command](cfg)
+    except KeyboardInterrupt as e:  # Ctrl-C: commands keep what finished; no traceback
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130
     except (ConfigError, NoRunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

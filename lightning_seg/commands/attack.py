@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,35 +89,66 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     inputs = _load_inputs(cfg, ckpt)
     logger = AttackLogger(cfg, run_dir)
-    rows: list[dict[str, Any]] = []
-    summaries: list[dict[str, Any]] = []
-    panels: dict[str, list[Path]] = {}
-    adversarial: dict[str, Tensor] = {}  # images crafted on the checkpoint's network, reused by the defense report
+    done = _Done()
     n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
     n_batches = math.ceil(len(inputs.images) / ev.batch_size)
     progress = tqdm(total=(len(attacks) + n_sweep) * n_batches, desc="attack", unit="batch", disable=None)
-    for name, atk in attacks.items():
-        results, reference, seconds = _run(cfg, atk, inputs, progress)
-        method_rows, summary = _score(name, atk, results, reference, seconds, inputs)
-        rows += method_rows
-        summaries.append(summary)
-        adv, adv_pred = torch.cat([r.adv for r in results]), torch.cat([r.pred for r in results])
-        if not isinstance(atk, UniversalAttack):
-            adversarial[name] = adv
-        iou = torch.cat([r.iou for r in results])
-        panels[name] = save_panels(name, adv, adv_pred, iou, inputs.images, reference, ev.panels, run_dir, inputs.keys)
-        logger.method(name, adv, adv_pred, reference, ev.panels)
-    defense = _defense_report(cfg, ckpt, inputs, attacks, adversarial, run_dir, logger) if ev.defenses else None
-    robustness = _sweep(cfg, ckpt, inputs, run_dir, progress, logger) if ev.eps_sweep else None
+    try:
+        for name, atk in attacks.items():
+            _attack_one(cfg, name, atk, inputs, run_dir, progress, logger, done)
+        if ev.defenses:
+            done.defense = _defense_report(cfg, ckpt, inputs, attacks, done.adversarial, run_dir, logger)
+        if ev.eps_sweep:
+            done.robustness = _sweep(cfg, ckpt, inputs, run_dir, progress, logger)
+        not_run: list[str] = []
+    except KeyboardInterrupt:  # keep what finished: its rows and summary, marked partial
+        not_run = [k for k in attacks if k not in done.panels]
+        not_run += [part for part, asked, got in (("defense report", ev.defenses, done.defense),
+                                                  ("robustness sweep", ev.eps_sweep, done.robustness)) if asked and not got]
     progress.close()
     result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt),
-              "table": attack_markdown(summaries, robustness, defense), "summary": summaries,
-              "panels": {k: [str(p) for p in v] for k, v in panels.items()}, "robustness": robustness, "defense": defense}
+              "table": attack_markdown(done.summaries, done.robustness, done.defense), "summary": done.summaries,
+              "panels": {k: [str(p) for p in v] for k, v in done.panels.items()}, "robustness": done.robustness,
+              "defense": done.defense}
     header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(inputs.images)} {ev.split} images, "
               f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
-    write_attack_results(run_dir, result, rows, header)
-    logger.finish(summaries, rows)
+    if not_run:
+        result |= {"partial": True, "not_run": not_run}
+        header = f"**Partial: interrupted; not run: {', '.join(not_run)}.** {header}"
+    write_attack_results(run_dir, result, done.rows, header)
+    logger.finish(done.summaries, done.rows)
+    if not_run:
+        raise KeyboardInterrupt(f"partial results in {run_dir}")
     return result
+
+
+@dataclass
+class _Done:
+    """What the attack command has finished so far (written out even when the run is interrupted)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    panels: dict[str, list[Path]] = field(default_factory=dict)
+    adversarial: dict[str, Tensor] = field(default_factory=dict)  # crafted on the checkpoint's net: defense report
+    defense: dict[str, Any] | None = None
+    robustness: list[dict[str, Any]] | None = None
+
+
+def _attack_one(cfg: DictConfig, name: str, atk: Any, inputs: AttackInputs, run_dir: Path, progress: Any,
+                logger: AttackLogger, done: _Done) -> None:
+    """Run one attack over all images, score it, save its panels and log it."""
+    ev = cfg.attack_eval
+    results, reference, seconds = _run(cfg, atk, inputs, progress)
+    method_rows, summary = _score(name, atk, results, reference, seconds, inputs)
+    adv, adv_pred = torch.cat([r.adv for r in results]), torch.cat([r.pred for r in results])
+    if not isinstance(atk, UniversalAttack):
+        done.adversarial[name] = adv
+    iou = torch.cat([r.iou for r in results])
+    panels = save_panels(name, adv, adv_pred, iou, inputs.images, reference, ev.panels, run_dir, inputs.keys)
+    logger.method(name, adv, adv_pred, reference, ev.panels)
+    done.rows += method_rows
+    done.summaries.append(summary)
+    done.panels[name] = panels  # last: an attack counts as done once all of it is kept
 
 
 def _load_inputs(cfg: DictConfig, ckpt: Path) -> AttackInputs:

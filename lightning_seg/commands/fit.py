@@ -9,12 +9,13 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from torch.multiprocessing import ProcessRaisedException
 
 from lightning_seg.config import to_plain
 from lightning_seg.io import write_json, write_text
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.training.checkpoint import StoreConfig, load_weights, safe_load
-from lightning_seg.training.divergence import DivergenceGuard
+from lightning_seg.training.divergence import DivergenceError, DivergenceGuard
 from lightning_seg.training.trainer import (
     adversarial_callbacks,
     build_datamodule_from,
@@ -71,15 +72,23 @@ def _fit(cfg: DictConfig, datamodule: Any, module: Any, run_dir: Path, resume_ck
     # when a top-k checkpoint was saved in the same step, which would make resume restart from a stale epoch.
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     logger = build_logger(cfg, run_dir, command)
-    callbacks: list[Callback] = [DivergenceGuard(), checkpoint, last, StoreConfig(plain), *adversarial_callbacks(cfg), *extra_callbacks]
+    callbacks: list[Callback] = [DivergenceGuard(), checkpoint, last, StoreConfig(plain), *adversarial_callbacks(cfg),
+                                 *extra_callbacks]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = build_trainer(cfg, run_dir, callbacks=callbacks, logger=logger)
     if trainer.is_global_zero:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
-    # weights_only=True explicitly: an environment override cannot make Lightning unpickle code on resume
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None, weights_only=True)
+    try:
+        # weights_only=True explicitly: an environment override cannot make Lightning unpickle code on resume
+        ckpt_path = str(resume_ckpt) if resume_ckpt else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except ProcessRaisedException as e:  # ddp_spawn: a worker's error arrives as its traceback text
+        diverged = _worker_divergence(e)
+        if diverged is None:
+            raise
+        raise diverged from None
     result = {
         "command": command,
         "run_dir": str(run_dir),
@@ -97,3 +106,8 @@ def _fit(cfg: DictConfig, datamodule: Any, module: Any, run_dir: Path, resume_ck
     return result
 
 
+def _worker_divergence(error: ProcessRaisedException) -> DivergenceError | None:
+    """The one-line DivergenceError a spawned worker raised, rebuilt from its traceback text (None: another error)."""
+    prefix = f"{DivergenceError.__module__}.{DivergenceError.__qualname__}: "
+    lines = [line[len(prefix):] for line in str(error).splitlines() if line.startswith(prefix)]
+    return DivergenceError(lines[-1]) if lines else None

@@ -90,7 +90,7 @@ def load_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
 
 
 def load_weights(module: SegmentationModule, ckpt: dict[str, Any], path: str | Path) -> None:
-    """Load the checkpoint's weights into ``module``; a model of another architecture is one line naming both configs."""
+    """Load the checkpoint's weights into ``module``; another architecture is one line naming both model configs."""
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

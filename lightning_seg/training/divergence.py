@@ -2,8 +2,10 @@
 
 A loss that turns NaN or infinite (too large a learning rate, an exploding adversarial batch) would otherwise let
 training run to the end and exit 0, and ``last.ckpt`` / ``best.ckpt`` would hold NaN weights. The guard checks the
-training loss after every step, on every rank together (one rank's NaN stops them all; the flag is reduced with the
-strategy, never behind a rank-zero check), and refuses to write a checkpoint whose weights are not all finite.
+training loss after every step and the weights (parameters and buffers) before every checkpoint is written. Each
+decision is a flag reduced with the strategy on every rank (one rank's NaN stops them all, no rank is left waiting
+in a collective; never behind a rank-zero check). Raising in ``on_save_checkpoint`` happens while Lightning builds
+the checkpoint dict, before the file is written, so the previous, finite checkpoint stays in place.
 """
 
 from __future__ import annotations
@@ -23,23 +25,28 @@ class DivergenceError(ConfigError):
     """Training diverged; reported as one line with the settings that fix it (exit 2 on the command line)."""
 
 
+def _any_rank(trainer: pl.Trainer, bad: bool, device: torch.device) -> bool:
+    """``bad`` on any rank; a collective, so every rank must call it at the same point."""
+    flag = torch.tensor(float(bad), device=device)
+    return bool(trainer.strategy.reduce(flag, reduce_op="max"))
+
+
 class DivergenceGuard(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        bad = (~torch.isfinite(loss.detach())).any().float()
-        bad = trainer.strategy.reduce(bad, reduce_op="max")  # collective on every rank
-        if bool(bad):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        bad = torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all())
+        if _any_rank(trainer, bad, pl_module.device):
             raise DivergenceError(f"training diverged: non-finite loss at epoch {trainer.current_epoch}, step "
                                   f"{trainer.global_step}; the run stopped and its checkpoints hold the last finite "
                                   f"weights; {FIX}")
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         bad = [k for k, v in checkpoint["state_dict"].items()
                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:  # raising here keeps Lightning from writing the file
-            raise DivergenceError(f"training diverged: non-finite weights ({', '.join(bad[:3])}"
-                                  f"{', ...' if len(bad) > 3 else ''}) at epoch {trainer.current_epoch}; no checkpoint "
-                                  f"was written with them; {FIX}")
+        # buffers (BatchNorm statistics) are per rank under DDP: one rank's may blow up alone
+        if _any_rank(trainer, bool(bad), pl_module.device):
+            where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else " on another rank"
+            raise DivergenceError(f"training diverged: non-finite weights{where} at epoch {trainer.current_epoch}, "
+                                  f"step {trainer.global_step}; no checkpoint was written with them; {FIX}")
