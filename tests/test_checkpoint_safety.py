@@ -16,6 +16,8 @@ from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
 from lightning_seg.training.checkpoint import CheckpointError, load_module, safe_load
 
+from .conftest import tiny_overrides
+
 pytestmark = pytest.mark.slow  # one tiny fit per module, then only loads
 
 
@@ -31,8 +33,6 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from .conftest import tiny_overrides
-
     out = tmp_path_factory.mktemp("safety")
     result = fit(compose(tiny_overrides(out / "runs")))
     return Path(result["last_checkpoint"])
@@ -100,16 +100,16 @@ def test_foreign_and_truncated_files_get_one_line(good: Path, tmp_path: Path, ca
         safe_load(truncated)
 
 
-def test_another_architecture_names_both_model_configs(good: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("key", ["run.resume", "run.init_from"])
+def test_another_architecture_names_both_model_configs(key: str, good: Path, tmp_path: Path, capsys) -> None:
     copy = tmp_path / "fit" / "x" / "checkpoints" / "last.ckpt"
     copy.parent.mkdir(parents=True)
     shutil.copy(good, copy)
     before = sorted(p.name for p in copy.parent.parent.iterdir())
-    from .conftest import tiny_overrides
-
     overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("model.width")]
-    assert main(["fit", *overrides, "model.width=8", f"run.resume={copy}"]) == 2
+    assert main(["fit", *overrides, "model.width=8", f"{key}={copy}"]) == 2
     line = _error_line(capsys)
     assert "'width': 4" in line and "'width': 8" in line, line
     assert sorted(p.name for p in copy.parent.parent.iterdir()) == before  # a failed resume changes nothing
+    assert [p.name for p in (tmp_path / "fit").iterdir()] == ["x"]  # and a failed init_from starts no run folder
     assert load_module(str(good)).hparams["model"]["width"] == 4

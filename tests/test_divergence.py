@@ -54,7 +54,7 @@ def test_the_loss_decision_is_reduced_over_ranks(other_rank_bad: bool) -> None:
     guard = DivergenceGuard()
     finite = {"loss": torch.tensor(0.5)}
     if other_rank_bad:  # this rank's loss is finite: it must stop with the rank whose loss is not
-        with pytest.raises(DivergenceError, match=r"non-finite loss at epoch 3, step 17;.*optim\.lr"):
+        with pytest.raises(DivergenceError, match=r"non-finite loss at epoch 3, batch 0 \(global step 17\);.*optim\.lr"):
             guard.on_train_batch_end(_trainer(ranks), module, finite, None, 0)
     else:
         guard.on_train_batch_end(_trainer(ranks), module, finite, None, 0)
@@ -75,25 +75,24 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_on_every_rank(other_ran
     else:
         guard.on_save_checkpoint(_trainer(ranks), module, finite)
         inf = {"state_dict": {"w": torch.tensor([1.0, float("inf")])}}
-        with pytest.raises(DivergenceError, match=r"non-finite weights \(w\) at epoch 3, step 17; no checkpoint"):
+        with pytest.raises(DivergenceError, match=r"non-finite weights \(w\) at epoch 3 \(global step 17\); no checkpoint"):
             guard.on_save_checkpoint(_trainer(ranks), module, inf)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["fit", "adv-train"])
 def test_a_diverging_run_stops_with_one_line_and_finite_checkpoints(command: str, tiny, tmp_path: Path, capsys) -> None:
-    extra = {"trainer.max_epochs": 4, "optim.lr": 1e9}
+    extra = {"trainer.max_epochs": 4, "optim.lr": 1e9, "data.num_train": 8}  # one step per epoch
     if command == "adv-train":
         extra["adv_train.steps"] = 1
     assert main([command, *tiny(**extra)]) == 2
     line = _error_line(capsys)
     assert line.startswith("error: training diverged: non-finite") and "optim.lr" in line, line
-    assert list((tmp_path / "runs").rglob("last.ckpt")), "the finite epochs before the divergence keep their checkpoint"
     _assert_finite_checkpoints(tmp_path / "runs")
 
 
 class _PoisonWeights(pl.Callback):
-    """Makes the first convolution NaN at a given step: the next loss is NaN."""
+    """Makes the first convolution NaN at a given global step: that step's loss is NaN."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -106,8 +105,9 @@ class _PoisonWeights(pl.Callback):
 
 @pytest.mark.slow
 def test_a_non_finite_loss_stops_at_its_step(tiny, tmp_path: Path) -> None:
-    with pytest.raises(DivergenceError, match=r"non-finite loss at epoch 1, step 5;"):
+    with pytest.raises(DivergenceError, match=r"non-finite loss at epoch 1, batch 1 "):
         fit(compose(tiny(**{"trainer.max_epochs": 3})), extra_callbacks=[_PoisonWeights(step=5)])
+    assert list((tmp_path / "runs").rglob("last.ckpt")), "epoch 0 was finite: its checkpoint stays"
     _assert_finite_checkpoints(tmp_path / "runs")
 
 

@@ -37,9 +37,9 @@ class DivergenceGuard(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         bad = torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all())
         if _any_rank(trainer, bad, pl_module.device):
-            raise DivergenceError(f"training diverged: non-finite loss at epoch {trainer.current_epoch}, step "
-                                  f"{trainer.global_step}; the run stopped and its checkpoints hold the last finite "
-                                  f"weights; {FIX}")
+            raise DivergenceError(f"training diverged: non-finite loss at epoch {trainer.current_epoch}, batch "
+                                  f"{batch_idx} (global step {trainer.global_step}); the run stopped and its "
+                                  f"checkpoints hold the last finite weights; {FIX}")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -48,5 +48,5 @@ class DivergenceGuard(Callback):
         # buffers (BatchNorm statistics) are per rank under DDP: one rank's may blow up alone
         if _any_rank(trainer, bool(bad), pl_module.device):
             where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else " on another rank"
-            raise DivergenceError(f"training diverged: non-finite weights{where} at epoch {trainer.current_epoch}, "
-                                  f"step {trainer.global_step}; no checkpoint was written with them; {FIX}")
+            raise DivergenceError(f"training diverged: non-finite weights{where} at epoch {trainer.current_epoch} "
+                                  f"(global step {trainer.global_step}); no checkpoint was written with them; {FIX}")
