@@ -5,12 +5,14 @@
 The dataclass schemas make an unknown key or a wrong type fail with one line that names the key
 and suggests the nearest valid one. They hold every default once: a group file (``conf/<group>/<choice>.yaml``) holds
 only what its choice changes, and the ``name`` of the data, model and logger sections (MISSING here), which the chosen
-file always sets.
+file always sets. :func:`check_values` then checks the composed values (ranges, choices, the parameters of the attacks
+and target generators), so that a bad value fails in one line before any run folder exists.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -302,7 +304,8 @@ def split_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def compose(
-    overrides: list[str] | None = None, *, extra_files: list[str | Path] | None = None, base: dict[str, Any] | None = None
+    overrides: list[str] | None = None, *, extra_files: list[str | Path] | None = None,
+    base: dict[str, Any] | None = None, check: bool = True,
 ) -> DictConfig:
     """Compose the run config: schema <- conf/config.yaml <- default group files <- ``base`` <- chosen group files
     <- extra files <- overrides. ``base`` carries sections of a stored run config (e.g. the data section of the
@@ -333,7 +336,8 @@ def compose(
             raise ConfigError(f"Unknown config key '{key}'.{_suggest(key, cfg)} Run `python -m lightning_seg --help` for the groups.")
         cfg = _merge(cfg, OmegaConf.from_dotlist([_fraction(item)]), f"override {item}")
     OmegaConf.set_readonly(cfg, False)
-    _check_defenses(cfg, root)
+    if check:  # False only for a first pass whose values a stored config will still replace
+        check_values(cfg)
     return cfg
 
 
@@ -351,7 +355,7 @@ def _check_defenses(cfg: DictConfig, root: Path) -> None:
     try:
         defense_from_config(to_plain(cfg.defense))
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(str(e).strip("'\"").splitlines()[0]) from None
+        raise ConfigError(_first_line(e)) from None
 
 
 def defense_section(name: str) -> dict[str, Any]:
@@ -430,3 +434,235 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """Resolved plain containers: checkpoints loaded with ``torch.load(weights_only=True)`` (the default since torch
     2.6) may hold only plain types, not OmegaConf objects."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+# -- values checked when the config is composed: a bad value fails with one line that names the key, the value and
+# what to write instead, before any run folder or W&B run exists. The schema types (OmegaConf) come first; then the
+# rules below; then the checks of the consumers themselves (the datamodule, the attacks, the target generators, the
+# adversarial-training hook, the defense), called on the composed values so that each check is written once.
+
+Rule = tuple[Callable[[Any], bool], str]  # (test of the value, what the value must be)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _at_least(lo: int) -> Rule:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
+
+
+def _number(test: Callable[[float], bool], what: str) -> Rule:
+    return (lambda v: _is_number(v) and test(v)), what
+
+
+def _numbers(test: Callable[[float], bool], what: str, n: int | None = None) -> Rule:
+    return (lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(_is_number(x) and test(x) for x in v)), what
+
+
+def _one_of(*choices: str) -> Rule:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+_FRACTION = _number(lambda v: 0 <= v < 1, "a number in [0, 1)")
+_NON_NEGATIVE = _number(lambda v: v >= 0, "a number >= 0")
+_BUDGETS = _numbers(lambda v: v >= 0, "a list of budgets >= 0, e.g. [1/255,4/255]")
+
+VALUE_RULES: dict[str, Rule] = {
+    "data.source": _one_of("synthetic", "folder"),
+    "data.split": _one_of("random", "official"),
+    "data.soft_threshold": _one_of("majority", "all", "any"),
+    "data.image_size": _at_least(16),  # the synthetic generators' smallest size
+    "data.num_train": _at_least(0), "data.num_val": _at_least(0), "data.num_test": _at_least(0),
+    "data.data_seed": _at_least(0),
+    "data.val_fraction": _FRACTION, "data.test_fraction": _FRACTION,
+    "data.batch_size": _at_least(1), "data.eval_batch_size": _at_least(1), "data.num_workers": _at_least(0),
+    "model.width": _at_least(1), "model.depth": _at_least(1),
+    "model.padding": _one_of("same", "valid"), "model.norm": _one_of("batch", "group", "none"),
+    "model.upsample": _one_of("transpose", "bilinear"),
+    "model.mean": _numbers(lambda v: True, "3 numbers, one per RGB channel, e.g. [0.5,0.5,0.5]", n=3),
+    "model.std": _numbers(lambda v: v > 0, "3 numbers > 0, one per RGB channel, e.g. [0.25,0.25,0.25]", n=3),
+    "optim.lr": _number(lambda v: v > 0, "a number > 0"), "optim.weight_decay": _NON_NEGATIVE,
+    "optim.scheduler": _one_of("cosine", "none"), "optim.warmup_fraction": _FRACTION,
+    "loss.dice_weight": _NON_NEGATIVE, "loss.ce_weight": _NON_NEGATIVE,
+    "trainer.max_epochs": _at_least(1), "trainer.num_nodes": _at_least(1),
+    "trainer.check_val_every_n_epoch": _at_least(1), "trainer.log_every_n_steps": _at_least(1),
+    "logger.name": _one_of("wandb", "csv", "none"), "logger.mode": _one_of("offline", "online", "disabled"),
+    "attack_eval.split": _one_of("train", "val", "test"), "attack_eval.num_images": _at_least(1),
+    "attack_eval.batch_size": _at_least(1), "attack_eval.target_base": _one_of("label", "prediction"),
+    "attack_eval.panels": _at_least(0), "attack_eval.up_train_batches": _at_least(1),
+    "attack_eval.eps_sweep": _BUDGETS, "attack_eval.sweep_steps": _at_least(1),
+    "adv_val.every_n_epochs": _at_least(1), "adv_val.max_batches": _at_least(1), "adv_val.log_images": _at_least(0),
+    "adv_val.eps_sweep": _BUDGETS, "adv_val.sweep_steps": _at_least(1),
+    "adv_train.eps": _NON_NEGATIVE, "adv_train.steps": _at_least(1),
+    "adv_train.ratio": _number(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+}
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Every check of a composed config (``compose`` calls it): raises one :class:`ConfigError` for the first bad value."""
+    for key, (ok, must) in VALUE_RULES.items():
+        value = _plain(OmegaConf.select(cfg, key))
+        if not ok(value):
+            raise ConfigError(f"{key}={_show(value)} is not valid: use {must}")
+    _check_relations(cfg)
+    _check_defenses(cfg, conf_dir())
+    _check_datamodule(cfg)
+    _check_attacks(cfg)
+    _check_targets(cfg)
+    _check_adv_train(cfg)
+
+
+def _check_relations(cfg: DictConfig) -> None:
+    """Rules between values."""
+    d = cfg.data
+    if d.source == "synthetic":  # every command sets up the train and val splits; `attack` also the one it attacks
+        for split in dict.fromkeys(("train", "val", cfg.attack_eval.split)):
+            if d[f"num_{split}"] < 1:
+                used = "attack_eval.split" if split == "test" else "every command"
+                raise ConfigError(f"data.num_{split}={d[f'num_{split}']} is not valid: {used} needs the {split} split, "
+                                  f"use data.num_{split} >= 1")
+    if d.source == "folder" and d.root and not Path(d.root).expanduser().is_dir():
+        raise ConfigError(f"data.root={d.root!r} is not a folder: give the folder that holds the {d.name} data")
+    if cfg.attack_eval.target == "other_image" and cfg.attack_eval.num_images < 2:
+        raise ConfigError(f"attack_eval.num_images={cfg.attack_eval.num_images} is not valid for attack_eval.target="
+                          "other_image, which aims each image at another image's mask: use attack_eval.num_images >= 2")
+    if cfg.loss.dice_weight == 0 and cfg.loss.ce_weight == 0:
+        raise ConfigError("loss.dice_weight=0 and loss.ce_weight=0 leave no loss: set one of them > 0")
+
+
+def _check_datamodule(cfg: DictConfig) -> None:
+    """The datamodule's own checks (data.task of this data set, data.root for folders, data.options, fractions): it
+    is only constructed here, no data is read."""
+    from lightning_seg.datamodules import build_datamodule  # lazy: the datamodules import lightning
+    from lightning_seg.registry import UnknownNameError
+
+    data = to_plain(cfg.data)
+    try:
+        build_datamodule(data.pop("name"), seed=cfg.seed, **data)
+    except UnknownNameError as e:
+        raise ConfigError(f"data.name={_show(cfg.data.name)}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(_first_line(e)) from None
+
+
+def _check_attacks(cfg: DictConfig) -> None:
+    """Every ``attack`` section builds (unknown parameters, values that do not fit the attack function's annotation:
+    ``attack.asma.step=foo``), and so do the attacks named by ``adv_val.attack`` and ``attack_eval.sweep_attacks``."""
+    from lightning_seg.attacks import build_attack, build_named_attack, default_alpha  # lazy: the attacks import torch
+
+    sections = to_plain(cfg.attack)
+    for key, section in sections.items():
+        params = dict(section)
+        name = params.pop("name", key)
+        _build_or_fail(f"attack.{key}", lambda: build_attack(name, **params), per_param=True)
+    _build_or_fail(f"adv_val.attack={_show(cfg.adv_val.attack)}", lambda: build_named_attack(cfg.adv_val.attack, sections))
+    eps, steps = 4 / 255, cfg.attack_eval.sweep_steps  # any budget: the sweep builds its attacks as the robustness sweep does
+    for name in cfg.attack_eval.sweep_attacks:
+        _build_or_fail(f"attack_eval.sweep_attacks={_show(list(cfg.attack_eval.sweep_attacks))}", lambda: build_named_attack(
+            name, sections, eps=eps, alpha=default_alpha(eps, steps), steps=steps, targeted=False))
+
+
+def _build_or_fail(where: str, build: Callable[[], Any], per_param: bool = False) -> None:
+    """``build()``, or one ConfigError naming ``where`` (and the parameter, for ``per_param``: ``attack.asma.step``)."""
+    from lightning_seg.attacks.config import AttackParamError
+    from lightning_seg.registry import UnknownNameError
+
+    try:
+        build()
+    except AttackParamError as e:
+        if per_param and e.expected is not None:
+            raise ConfigError(f"{where}.{e.param}={_show(e.value)} is not valid: use {e.expected}") from None
+        raise ConfigError(f"{where}.{e.param}: {e}" if per_param else f"{where}: {e}") from None
+    except (TypeError, ValueError, UnknownNameError) as e:
+        raise ConfigError(f"{where}: {_first_line(e)}") from None
+
+
+def _check_targets(cfg: DictConfig) -> None:
+    """Target generators are registered; ``attack_eval.target_params`` are parameters of the chosen one, of the types
+    its signature gives, and values it accepts (it is run once on a small probe mask)."""
+    import inspect
+
+    import torch
+
+    from lightning_seg.attacks.config import resolve_annotation, value_problem
+    from lightning_seg.attacks.targets import TARGETS, make_target
+    from lightning_seg.registry import UnknownNameError
+
+    for key in ("attack_eval.target", "adv_val.target", "adv_train.target"):
+        try:
+            TARGETS.get(OmegaConf.select(cfg, key))
+        except UnknownNameError as e:
+            raise ConfigError(f"{key}={_show(OmegaConf.select(cfg, key))}: {e}") from None
+    target, params = cfg.attack_eval.target, to_plain(cfg.attack_eval.target_params)
+    if not params:
+        return
+    if target == "other_image":  # the attack command pairs images by a seeded derangement (attack_eval.seed)
+        raise ConfigError(f"attack_eval.target_params={_show(params)} is not valid for attack_eval.target=other_image, "
+                          "which takes no parameters (attack_eval.seed seeds the pairing): remove them")
+    fn = TARGETS.get(target)
+    signature = inspect.signature(fn).parameters
+    valid = [p for p in signature if p not in ("masks", "generator")]
+    for name, value in params.items():
+        key = f"attack_eval.target_params.{name}"
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}: target {target!r} has no parameter {name!r}.{hint} "
+                              f"Its parameters: {', '.join(valid) or 'none'}.")
+        expected = value_problem(value, resolve_annotation(signature[name].annotation, fn), fractions=False)
+        if expected:
+            raise ConfigError(f"{key}={_show(value)} is not valid: use {expected}")
+    probe = torch.zeros(2, 16, 16, dtype=torch.long)
+    probe[:, 3:13, 3:13], probe[:, 6:10, 6:10] = 1, 2  # a disc with a cup; a lesion for the lesion edits
+    try:
+        make_target(target, probe, generator=torch.Generator().manual_seed(0), **params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"attack_eval.target_params={_show(params)} for target {target!r}: {_first_line(e)}") from None
+
+
+def _check_adv_train(cfg: DictConfig) -> None:
+    """The adversarial-training hook's own checks (attack name, its params, random_bias), also when it is off: `fit`
+    and `adv-train` share the config."""
+    from lightning_seg.attacks.config import AttackParamError
+    from lightning_seg.registry import UnknownNameError
+    from lightning_seg.training.adversarial_hook import AdversarialTrainingHook  # lazy: imports torch
+
+    section = to_plain(cfg.adv_train)
+    try:
+        AdversarialTrainingHook(**section)
+    except AttackParamError as e:
+        key = f"adv_train.params.{e.param}" if e.param in section["params"] else f"adv_train.{e.param}"
+        if e.expected is not None:
+            raise ConfigError(f"{key}={_show(e.value)} is not valid: use {e.expected}") from None
+        raise ConfigError(f"{key}: {e}") from None
+    except UnknownNameError as e:
+        raise ConfigError(f"adv_train.attack={_show(section['attack'])}: {e}") from None
+    except (TypeError, ValueError) as e:
+        message = _first_line(e)
+        raise ConfigError(message if message.startswith("adv_train.") else f"adv_train: {message}") from None
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _show(value: Any) -> str:
+    """A value as it is written in a config: 'foo', 0.5, [0,0,0], null, true."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return f"[{','.join(_show(v) for v in value)}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a KeyError's without the quotes its str() adds)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.splitlines()[0] if text.strip() else type(e).__name__

@@ -17,25 +17,41 @@ from lightning_seg.config import compose
 pytestmark = pytest.mark.slow
 
 
-def test_ctrl_c_keeps_the_finished_attacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conftest import tiny_overrides
 
-    root = tmp_path / "runs"
-    fit(compose(tiny_overrides(root)))
+    return Path(fit(compose(tiny_overrides(tmp_path_factory.mktemp("interrupt") / "runs")))["last_checkpoint"])
+
+
+def _ctrl_c_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     call = Attack.__call__
 
-    def ctrl_c_at_dag(self, *args, **kwargs):
-        if self.name == "dag":
+    def ctrl_c(self, *args, **kwargs):
+        if self.name == name:
             raise KeyboardInterrupt
         return call(self, *args, **kwargs)
 
-    monkeypatch.setattr(Attack, "__call__", ctrl_c_at_dag)
-    argv = ["attack", "attack=[pgd,dag]", f"run.output_dir={root}", "logger=none", "attack.pgd.steps=2",
-            "attack_eval.num_images=4", "attack_eval.panels=0", "attack_eval.eps_sweep=[4/255]"]
-    assert main(argv) == 130
+    monkeypatch.setattr(Attack, "__call__", ctrl_c)
+
+
+def _argv(ckpt: Path, out: Path) -> list[str]:
+    return ["attack", "attack=[pgd,dag]", f"run.output_dir={out}", f"run.ckpt={ckpt}", "logger=none",
+            "attack.pgd.steps=2", "attack_eval.num_images=4", "attack_eval.panels=0", "attack_eval.eps_sweep=[4/255]"]
+
+
+def _only_run(out: Path) -> Path:
+    runs = list((out / "attack").iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_ctrl_c_keeps_the_finished_attacks(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    _ctrl_c_at(monkeypatch, "dag")
+    assert main(_argv(ckpt, tmp_path)) == 130
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "interrupted: partial results in" in err
-    run = next((root / "attack").iterdir())
+    run = _only_run(tmp_path)
+    assert "Traceback" not in err and f"interrupted: partial results in {run}" in err
     rows = list(csv.DictReader((run / "per_image.csv").open()))
     assert {r["method"] for r in rows} == {"pgd"} and len(rows) == 4
     results = json.loads((run / "results.json").read_text())
@@ -43,3 +59,29 @@ def test_ctrl_c_keeps_the_finished_attacks(tmp_path: Path, monkeypatch: pytest.M
     assert [s["method"] for s in results["summary"]] == ["pgd"]
     assert "Partial: interrupted; not run: dag, robustness sweep" in (run / "summary.md").read_text()
     assert not list(run.rglob("*.tmp"))
+
+
+def test_ctrl_c_in_the_first_attack_still_says_what_did_not_run(ckpt: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    _ctrl_c_at(monkeypatch, "pgd")
+    assert main(_argv(ckpt, tmp_path)) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    run = _only_run(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    assert results["partial"] is True and results["not_run"] == ["pgd", "dag", "robustness sweep"]
+    assert results["summary"] == [] and not (run / "per_image.csv").exists()
+    assert "not run: pgd, dag, robustness sweep" in (run / "summary.md").read_text()
+
+
+def test_ctrl_c_while_loading_leaves_no_run_folder(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys) -> None:
+    import lightning_seg.commands.attack as command
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "_load_inputs", ctrl_c)
+    assert main(_argv(ckpt, tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    assert not (tmp_path / "attack").exists()

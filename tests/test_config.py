@@ -69,7 +69,7 @@ def test_attack_list_choice_and_fraction_values():
 
 
 def test_dotted_keys_enter_free_form_mappings_but_typos_still_fail():
-    cfg = compose(["data.options.contrast=[0.3,1.0]", "attack_eval.target_params.delta=0.3"])
+    cfg = compose(["data.options.contrast=[0.3,1.0]", "attack_eval.target=cup_enlarge", "attack_eval.target_params.delta=0.3"])
     assert cfg.data.options == {"contrast": [0.3, 1.0]} and cfg.attack_eval.target_params == {"delta": 0.3}
     with pytest.raises(ConfigError, match="data.optionz.x.*Did you mean 'data.options'"):
         compose(["data.optionz.x=1"])

@@ -14,12 +14,16 @@ attack). Budgets (float parameters) accept strings such as ``"8/255"`` via :func
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import inspect
+import sys
+import types
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +45,88 @@ _NOT_HYPER = frozenset({"model", "images", "labels", "targets", "mask", "perturb
                         "target", "perturbation"})
 
 
+class AttackParamError(TypeError, ValueError):
+    """A bad attack parameter: ``param`` names it; ``expected`` says what to give instead of ``value`` (None: the
+    attack has no such parameter). Both a TypeError and a ValueError, as a bad keyword argument or value is."""
+
+    def __init__(self, message: str, param: str, value: Any = None, expected: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.value, self.expected = param, value, expected
+
+
+def resolve_annotation(annotation: Any, fn: Callable[..., Any]) -> Any:
+    """The type an annotation string of ``fn``'s signature names (``Any`` when it cannot be resolved: the function
+    then checks the value itself). Variants (asm, segpgd) carry their base's annotations without its globals, so the
+    names of ``typing`` and ``collections.abc`` are there too."""
+    if annotation is inspect.Parameter.empty:
+        return Any
+    if not isinstance(annotation, str):
+        return annotation
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
+    namespace = {**vars(typing), **vars(collections.abc), **(vars(module) if module else {})}
+    try:
+        resolved = eval(annotation, namespace)  # noqa: S307 - what typing.get_type_hints does with annotation strings
+    except Exception:
+        return Any
+    return resolve_annotation(resolved, fn) if isinstance(resolved, str) else resolved  # string aliases: Structures
+
+
+def value_problem(value: Any, tp: Any, *, fractions: bool = True) -> str | None:
+    """``None`` when ``value`` fits the type ``tp``, else what to give instead (e.g. "one of raw, relative,
+    normalized"). ``fractions``: a float may be given as a fraction string such as ``"8/255"``."""
+    return None if _fits(value, tp, fractions) else _describe(tp, fractions)
+
+
+def _fits(value: Any, tp: Any, fractions: bool) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a, fractions) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        if isinstance(value, str) and fractions:
+            try:
+                parse_fraction(value)
+            except (TypeError, ValueError):
+                return False
+            return True
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a, fractions) for v, a in zip(value, args))
+        return all(_fits(v, args[0], fractions) for v in value) if args else True
+    return True  # other annotations (Any, tensors): the function checks the value
+
+
+def _describe(tp: Any, fractions: bool, plural: bool = False) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"one of {', '.join(str(a) for a in args)}"
+    if origin in (Union, types.UnionType):
+        parts = [_describe(a, fractions, plural) for a in args if a is not type(None)]
+        return " or ".join(parts + (["null"] if type(None) in args else []))
+    if origin in (tuple, list, collections.abc.Sequence):
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], fractions, True) if args else 'values'}"
+    names = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), str: ("a string", "strings"),
+             float: ("a number" + (" (e.g. 0.03 or 8/255)" if fractions else ""), "numbers")}
+    return names[tp][plural] if tp in names else str(tp)
+
+
 class _Parse:
     """Base of the attack configs: fraction strings in float fields are parsed; ``kwargs`` feeds the function."""
 
     _fraction_fields: tuple[str, ...] = ()
+    _types: dict[str, Any] = {}  # field -> the type its function's annotation names (checked by build_attack)
 
     def __post_init__(self) -> None:
         for f in self._fraction_fields:
@@ -69,6 +151,7 @@ def _config_class(cls_name: str, name: str, functions: tuple[Callable[..., Any],
     signature defaults, then ``seed`` (default 0) when a function draws random numbers from a ``generator``.
     ``targeted``: the fixed answer of an attack without a ``targeted`` parameter (a class attribute, not a field)."""
     fields: list[tuple[str, Any, Any]] = [("name", "str", field(default=name))]
+    types_: dict[str, Any] = {"name": str}
     random = False
     for fn in functions:
         for p in inspect.signature(fn).parameters.values():
@@ -76,11 +159,14 @@ def _config_class(cls_name: str, name: str, functions: tuple[Callable[..., Any],
             if p.name in _NOT_HYPER or p.default is inspect.Parameter.empty or p.name in {f[0] for f in fields}:
                 continue
             fields.append((p.name, p.annotation, field(default=p.default)))
+            types_[p.name] = resolve_annotation(p.annotation, fn)
     if random:
         fields.append(("seed", "int | None", field(default=0)))
+        types_["seed"] = int | None
     namespace: dict[str, Any] = {
         "__doc__": doc,
         "_fraction_fields": tuple(n for n, a, _ in fields if "float" in str(a)),
+        "_types": types_,
     }
     if targeted is not None:
         if "targeted" in {f[0] for f in fields}:
@@ -211,13 +297,18 @@ ATTACKS: Registry[Any] = Registry("attack")
 
 
 def _make_config(name: str, overrides: dict[str, Any]) -> Any:
+    """The config of attack ``name`` with ``overrides``: an unknown parameter, or a value that does not fit the
+    function's annotation (``step="foo"`` for a Literal, ``steps="ten"`` for an int), fails with one line naming it."""
     cls = CONFIGS[name]
     valid = [f.name for f in dataclasses.fields(cls)]
-    for key in overrides:
+    for key, value in overrides.items():
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
-            raise TypeError(f"attack {name!r} has no parameter {key!r}.{hint} Parameters: {', '.join(valid)}.")
+            raise AttackParamError(f"attack {name!r} has no parameter {key!r}.{hint} Parameters: {', '.join(valid)}.", key)
+        expected = None if key == "name" else value_problem(value, cls._types.get(key, Any))
+        if expected:
+            raise AttackParamError(f"attack {name!r}: {key}={value!r} is not valid: use {expected}", key, value, expected)
     overrides = {k: v for k, v in overrides.items() if k != "name"}
     return cls(**overrides)
 
@@ -256,7 +347,8 @@ def bind_task(attack: Any, task: Task) -> Any:
 
 
 __all__ = [
-    "ATTACKS", "CONFIGS", "FUNCTIONS", "Attack", "AsmConfig", "AsmaConfig", "CosPgdConfig", "DagConfig", "FgsmConfig",
-    "PgdConfig", "SegPgdConfig", "SsmConfig", "SynthesisConfig", "UniversalAttack", "UpConfig", "attack_defaults",
-    "bind_task", "build_attack", "build_named_attack", "is_targeted",
+    "ATTACKS", "CONFIGS", "FUNCTIONS", "Attack", "AttackParamError", "AsmConfig", "AsmaConfig", "CosPgdConfig",
+    "DagConfig", "FgsmConfig", "PgdConfig", "SegPgdConfig", "SsmConfig", "SynthesisConfig", "UniversalAttack", "UpConfig",
+    "attack_defaults", "bind_task", "build_attack", "build_named_attack", "is_targeted", "resolve_annotation",
+    "value_problem",
 ]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lightning_seg.attacks import AttackResult, UniversalAttack, bind_task, build_attack, hide_class_target, is_targeted
 from lightning_seg.attacks.targets import derangement_pairs, make_target
-from lightning_seg.config import defense_section, to_plain
+from lightning_seg.config import ConfigError, defense_section, to_plain
 from lightning_seg.evaluation.attack_report import attack_markdown, method_report, write_attack_results
 from lightning_seg.evaluation.defense_report import defense_report, write_defense_report
 from lightning_seg.evaluation.inference import attack_batches, predict
@@ -67,27 +67,25 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
     # key = the label in reports (e.g. asma_paper); params["name"] = the registered attack. Bad keys fail here, early.
     attacks = {key: build_attack(params.pop("name", key), **params) for key, params in to_plain(cfg.attack).items()}
     ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
+    pl.seed_everything(cfg.seed, verbose=False)
+    inputs = _load_inputs(cfg, ckpt)  # before the run folder: a request that cannot run leaves no folder behind
     run_dir = new_run_dir(cfg.run.output_dir, "attack", cfg.data.name, cfg.run.name)
     with run_scope(run_dir):
-        return _attack(cfg, attacks, ckpt, run_dir)
+        return _attack(cfg, attacks, ckpt, inputs, run_dir)
 
 
 def _check_request(cfg: DictConfig) -> None:
-    if cfg.attack_eval.target_base not in ("label", "prediction"):
-        raise ValueError(f"attack_eval.target_base={cfg.attack_eval.target_base!r}: use label (ground truth) or prediction "
-                         "(the model's clean mask)")
+    """What only the attack command needs (the values themselves are checked when the config is composed)."""
     if cfg.attack_eval.defenses and not cfg.attack:
-        raise ValueError("attack_eval.defenses needs attacks to evaluate them under: add attack=[asma,pgd]")
+        raise ConfigError("attack_eval.defenses needs attacks to evaluate them under: add attack=[asma,pgd]")
     if not cfg.attack and not cfg.attack_eval.eps_sweep:
-        raise ValueError("Nothing to do: choose attacks (attack=[ssm,asm,asma,dag]) and/or a sweep "
-                         "(attack_eval.eps_sweep=[1/255,4/255])")
+        raise ConfigError("Nothing to do: choose attacks (attack=[ssm,asm,asma,dag]) and/or a sweep "
+                          "(attack_eval.eps_sweep=[1/255,4/255])")
 
 
-def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, run_dir: Path) -> dict[str, Any]:
-    pl.seed_everything(cfg.seed, verbose=False)
+def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, inputs: AttackInputs, run_dir: Path) -> dict[str, Any]:
     ev = cfg.attack_eval
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    inputs = _load_inputs(cfg, ckpt)
     logger = AttackLogger(cfg, run_dir)
     done = _Done()
     n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
@@ -156,11 +154,17 @@ def _load_inputs(cfg: DictConfig, ckpt: Path) -> AttackInputs:
     ev = cfg.attack_eval
     module = load_module(str(ckpt), defense=defense_hparams(cfg))
     if module.task.name != cfg.data.task:
-        raise ValueError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task={cfg.data.task!r}")
+        raise ConfigError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task="
+                          f"{cfg.data.task!r}: use data.task={module.task.name} (or leave it at the checkpoint's)")
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
     module.net.eval().to(device)
     dm = build_datamodule_from(cfg)
-    dm.setup()
+    try:
+        dm.setup()
+    except ValueError as e:  # plain ValueErrors of setup are the data config's (an empty split, no official splits)
+        if type(e) is not ValueError:  # DataError, ConfigError: already one line for the command line
+            raise
+        raise ConfigError(str(e).splitlines()[0]) from None
     images, labels, keys = _load_split(dm, ev.split, ev.num_images, device)
     clean_pred = predict(module.net, images, ev.batch_size)
     labels = module.crop_labels(images, labels)
@@ -224,7 +228,7 @@ def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tens
     ds = dm.dataset(split)
     n = min(n, len(ds))
     if n < 1:
-        raise ValueError(f"The {split} split is empty: nothing to attack")
+        raise ConfigError(f"attack_eval.split={split!r}: the {split} split is empty, nothing to attack")
     items = [ds[(i, 0)] for i in range(n)]
     images = torch.stack([it["image"] for it in items]).to(device)
     labels = torch.stack([it["mask"] for it in items]).to(device)
@@ -234,8 +238,9 @@ def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tens
 def _targets(labels: Tensor, keys: list[str], ev: Any, device: torch.device) -> tuple[Tensor, list[str]]:
     """Target masks built from ``labels`` (the ground truth, or the clean prediction for ``target_base=prediction``)."""
     if ev.target == "other_image":
-        if len(keys) < 2:
-            raise ValueError("target=other_image needs at least 2 images (attack_eval.num_images >= 2)")
+        if len(keys) < 2:  # attack_eval.num_images >= 2 is checked at compose time; the split itself may be smaller
+            raise ConfigError(f"attack_eval.target=other_image needs at least 2 images, the {ev.split} split has "
+                              f"{len(keys)}: use another split or attack_eval.target")
         pairs = derangement_pairs(len(keys), seed=ev.seed)
         order = [t for _, t in sorted(pairs)]
         return labels[order].clone(), [keys[t] for t in order]
