@@ -484,7 +484,6 @@ VALUE_RULES: dict[str, Rule] = {
     "model.std": _numbers(lambda v: v > 0, "3 numbers > 0, one per RGB channel, e.g. [0.25,0.25,0.25]", n=3),
     "optim.lr": _number(lambda v: v > 0, "a number > 0"), "optim.weight_decay": _NON_NEGATIVE,
     "optim.scheduler": _one_of("cosine", "none"), "optim.warmup_fraction": _FRACTION,
-    "loss.dice_weight": _NON_NEGATIVE, "loss.ce_weight": _NON_NEGATIVE,
     "trainer.max_epochs": _at_least(1), "trainer.num_nodes": _at_least(1),
     "trainer.check_val_every_n_epoch": _at_least(1), "trainer.log_every_n_steps": _at_least(1),
     "logger.name": _one_of("wandb", "csv", "none"), "logger.mode": _one_of("offline", "online", "disabled"),
@@ -508,6 +507,7 @@ def check_values(cfg: DictConfig) -> None:
     _check_relations(cfg)
     _check_defenses(cfg, conf_dir())
     _check_datamodule(cfg)
+    _check_loss(cfg)
     _check_attacks(cfg)
     _check_targets(cfg)
     _check_adv_train(cfg)
@@ -527,8 +527,17 @@ def _check_relations(cfg: DictConfig) -> None:
     if cfg.attack_eval.target == "other_image" and cfg.attack_eval.num_images < 2:
         raise ConfigError(f"attack_eval.num_images={cfg.attack_eval.num_images} is not valid for attack_eval.target="
                           "other_image, which aims each image at another image's mask: use attack_eval.num_images >= 2")
-    if cfg.loss.dice_weight == 0 and cfg.loss.ce_weight == 0:
-        raise ConfigError("loss.dice_weight=0 and loss.ce_weight=0 leave no loss: set one of them > 0")
+
+
+def _check_loss(cfg: DictConfig) -> None:
+    """The loss's own check of its weights (>= 0, not both 0)."""
+    from lightning_seg.tasks import get_task
+    from lightning_seg.training.loss import DiceCELoss  # lazy: imports torch
+
+    try:
+        DiceCELoss(get_task(cfg.data.task), **to_plain(cfg.loss))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"loss: {_first_line(e)}; set loss.dice_weight / loss.ce_weight >= 0, not both 0") from None
 
 
 def _check_datamodule(cfg: DictConfig) -> None:

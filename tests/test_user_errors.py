@@ -55,6 +55,8 @@ CASES = [
     (["adv_train.params.stpes=3"], ["adv_train.params.stpes", "Did you mean: 'steps'"]),
     (["adv_val.attack=asmaa"], ["adv_val.attack='asmaa'", "Did you mean: 'asma'"]),
     (["defense.gradient=backprop"], ["defense.gradient='backprop'", "bpda"]),
+    (["loss.dice_weight=0", "loss.ce_weight=0"], ["dice=0.0, ce=0.0", "not both 0"]),
+    (["loss.ce_weight=-1"], ["ce=-1.0", "loss.ce_weight >= 0"]),
 ]
 
 
