@@ -50,13 +50,16 @@ class AdversarialValidation(Callback):
             return
         images = batch["image"]
         labels = pl_module.crop_labels(images, batch["mask"])
+        # data.resize=pad: padding is never perturbed nor scored; clinical read-outs in the original aspect ratio
+        valid, sizes = batch.get("valid"), batch.get("orig_size")
         with torch.enable_grad():  # validation runs under no_grad; the attack needs input gradients
-            out = attack_batch(self.attack, pl_module.net, images, labels, pl_module.task, self.target)
+            out = attack_batch(self.attack, pl_module.net, images, labels, pl_module.task, self.target, valid=valid,
+                               sizes=sizes)
             if out is None:
                 return
             result, values = out
             values |= sweep_batch(pl_module.net, images, labels, pl_module.task, self.eps_sweep, self.sweep_steps,
-                                  self.attack_sections)
+                                  self.attack_sections, valid=valid)
         self.metric.update(values)
         if batch_idx == 0 and trainer.is_global_zero:
             n = self.log_images

@@ -21,6 +21,8 @@ class ISICDataModule(SegmentationDataModule):
     def discover(self, root: Path):
         from lightning_seg.datamodules.layouts import discover_isic
 
+        from lightning_seg.config import ConfigError
+
         if self.options:
-            raise ValueError(f"data.options {sorted(self.options)} are not used by the ISIC layouts; remove them")
+            raise ConfigError(f"data.options {sorted(self.options)} are not used by the ISIC layouts; remove them")
         return discover_isic(root, self.layout)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +36,10 @@ class DataConfig:
     layout: str = "auto"  # auto-detect, or a layout name (isic2016, isic2017, isic2018, refuge, drishti, ...)
     task: str = MISSING  # lesion (ISIC) | disc | disc_cup (glaucoma); conf/data/<name>.yaml sets the data set's default
     image_size: int = 96  # images are resized to image_size x image_size
+    # stretch: both sides to image_size (distorts non-square images; the published protocols' choice, and what every
+    # checkpoint trained before this option saw) | pad: longest side to image_size, aspect kept, symmetric padding
+    # excluded from loss, metrics and attacks. Clinical read-outs are measured in the original aspect either way.
+    resize: str = "stretch"
     num_train: int = 256  # synthetic set sizes
     num_val: int = 64
     num_test: int = 64
@@ -49,12 +53,23 @@ class DataConfig:
     augment: bool = True
     skip_bad: bool = False  # drop bad image/mask pairs with a warning instead of failing
     soft_threshold: str = "majority"  # Drishti-GS soft maps: majority | all | any
+    # folder data: keep each pair decoded once, already resized (datamodules/cache.py; bit-identical samples).
+    # memory: in RAM, 4 bytes per input pixel (36 KiB per pair at 96 px) | disk: .npz files under cache_dir, kept
+    # between runs (a second run skips the decode), invalidated when a file changes | none: decode every access
+    cache: str = "memory"
+    cache_dir: Optional[str] = None  # data.cache=disk: its folder (default: ~/.cache/lightning_seg/decoded)
     options: dict[str, Any] = field(default_factory=dict)  # layout-specific options passed to the loader
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # set by conf/model/<name>.yaml
+    """The model section (lightning_seg.models). Every network takes images in [0, 1] and normalises them inside with
+    ``mean`` / ``std``."""
+
+    # unet (the built-in U-Net) | monai.<Class> (monai.networks.nets) | smp.<Arch> (segmentation_models_pytorch);
+    # set by conf/model/<name>.yaml
+    name: str = MISSING
+    # the built-in U-Net's settings (model.name=unet); setting them for another network is an error
     width: int = 16
     depth: int = 3
     padding: str = "same"  # same | valid
@@ -62,14 +77,28 @@ class ModelConfig:
     upsample: str = "transpose"  # transpose | bilinear
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    # the arguments of a monai./smp./model.target network, checked against its signature (model.params.channels=[16,32])
+    params: dict[str, Any] = field(default_factory=dict)
+    target: Optional[str] = None  # package.module:callable returning an nn.Module; built instead of model.name
 
 
 @dataclass
 class OptimConfig:
+    """Optimiser and learning-rate schedule (lightning_seg/training/optim.py); the defaults are AdamW + warm-up cosine."""
+
+    # any torch.optim optimiser, case-insensitive (adamw, adam, sgd, rmsprop, ...), or package.module:Class
+    name: str = "adamw"
     lr: float = 3e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"  # cosine | none
-    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4  # 0 for optimisers without weight decay (rprop, lbfgs)
+    params: dict[str, Any] = field(default_factory=dict)  # the optimiser's other arguments (momentum, betas, nesterov)
+    # cosine (linear warm-up over warmup_fraction of the steps, then cosine decay to 0, stepped per optimiser step) |
+    # none | step (StepLR) | plateau (ReduceLROnPlateau on `monitor`) | onecycle (OneCycleLR up to lr) | any
+    # torch.optim.lr_scheduler class by name (MultiStepLR, exponentiallr, ...) | package.module:Class
+    scheduler: str = "cosine"
+    warmup_fraction: float = 0.05  # cosine only
+    scheduler_params: dict[str, Any] = field(default_factory=dict)  # the scheduler's arguments (step_size, gamma, ...)
+    interval: str | None = None  # step | epoch; null: per step for cosine, onecycle and CyclicLR, else per epoch
+    monitor: str = "val/dice"  # the metric plateau schedulers follow (mode max; min for a loss)
 
 
 @dataclass
@@ -80,6 +109,13 @@ class LossConfig:
 
 @dataclass
 class TrainerConfig:
+    """The ``lightning.pytorch.Trainer`` arguments. The common ones are typed here; any other argument of
+    ``Trainer.__init__`` is accepted as ``trainer.<name>`` too (``trainer.fast_dev_run=true``, ``trainer.max_steps=100``,
+    ``trainer.accumulate_grad_batches=4``, ``trainer.val_check_interval=0.5``), checked against the Trainer's signature
+    and annotations when the config is composed, and passed through. The project sets ``callbacks``, ``logger``,
+    ``default_root_dir`` and ``enable_checkpointing`` itself, and forces ``inference_mode`` and
+    ``use_distributed_sampler`` to false (:data:`FORCED_TRAINER_ARGS`)."""
+
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn
@@ -113,6 +149,12 @@ class RunConfig:
     resume: Optional[str] = None  # fit: "last" (latest fit run), a run folder, or a checkpoint file
     ckpt: Optional[str] = None  # validate/test/attack: checkpoint file or run folder (default: latest fit run)
     init_from: Optional[str] = None  # fit/adv-train: start from these weights ("latest" = latest fit run), new optimizer
+    # validate/test/attack: a file of weights trained elsewhere (state dict, .safetensors, TorchScript) for the network
+    # of the model section and data.task (instead of run.ckpt); read without running code (docs/training.md)
+    weights: Optional[str] = None
+    # run.weights / run.init_from with weights trained elsewhere: read the file's keys under this prefix ("model.";
+    # "" = the keys as they are); default: the exact keys, else the shortest prefix under which they fit the network
+    weights_prefix: Optional[str] = None
 
 
 @dataclass
@@ -212,10 +254,30 @@ class RootConfig:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     # attack name -> its hyper-parameters (conf/attack/<name>.yaml); validated by lightning_seg.attacks.build_attack
     attack: dict[str, Any] = field(default_factory=dict)
+    # extra Trainer callbacks, name -> the callback's arguments (conf/callbacks/<name>.yaml: callbacks=[early_stopping]);
+    # `target` picks the class (a lightning.pytorch.callbacks class by snake_case name, or package.module:Class), by
+    # default the entry's name; null drops an entry. Built by lightning_seg.training.trainer.config_callbacks.
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 # Groups whose choice can be a list (attack=[ssm,asm,asma,dag]): each choice becomes a sub-key.
-MULTI_GROUPS = ("attack",)
+MULTI_GROUPS = ("attack", "callbacks")
+
+# Trainer arguments the project sets: forced ones (value, why) and derived ones (what to use instead).
+FORCED_TRAINER_ARGS: dict[str, tuple[Any, str]] = {
+    "inference_mode": (False, ("attacks need input gradients in validate and test, and torch.inference_mode tensors "
+                               "cannot require them")),
+    "use_distributed_sampler": (False, ("the datamodules' own sampler splits the ranks without padding the evaluation "
+                                        "sets, so multi-process metrics equal single-process ones")),
+}
+PROJECT_TRAINER_ARGS: dict[str, str] = {
+    "callbacks": "add callbacks with the callbacks section (callbacks=[early_stopping], or "
+                 "callbacks.<name>={target: package.module:Class, <argument>: <value>})",
+    "logger": "choose the logger with logger=wandb|csv|none",
+    "default_root_dir": "every command writes into its run folder under run.output_dir (run.name fixes its name)",
+    "enable_checkpointing": "it follows the command (fit writes checkpoints/best.ckpt and last.ckpt, validate and "
+                            "test write none); add a ModelCheckpoint through the callbacks section for more",
+}
 
 
 def conf_dir() -> Path:
@@ -313,6 +375,7 @@ def compose(
     overrides = list(overrides or [])
     root = conf_dir()
     cfg: DictConfig = OmegaConf.structured(RootConfig)
+    OmegaConf.set_struct(cfg.trainer, False)  # trainer.<any Trainer argument>: checked by _check_trainer
     top = _load_yaml(root / "config.yaml")
     defaults = top.pop("defaults", [])
     cfg = _merge(cfg, top, "conf/config.yaml")
@@ -332,8 +395,11 @@ def compose(
         cfg = _merge(cfg, _load_yaml(Path(extra)), str(extra))
     for item in dotlist:
         key = item.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _free_form_parent(cfg, key):
-            raise ConfigError(f"Unknown config key '{key}'.{_suggest(key, cfg)} Run `python -m lightning_seg --help` for the groups.")
+        cfg = _callback_preset(cfg, root, key)
+        if (OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _free_form_parent(cfg, key)
+                and not _trainer_argument(key)):
+            hint = _trainer_suggestion(key.split(".")[1]) if key.count(".") == 1 and key.startswith("trainer.") else _suggest(key, cfg)
+            raise ConfigError(f"Unknown config key '{key}'.{hint} Run `python -m lightning_seg --help` for the groups.")
         cfg = _merge(cfg, OmegaConf.from_dotlist([_fraction(item)]), f"override {item}")
     OmegaConf.set_readonly(cfg, False)
     if check:  # False only for a first pass whose values a stored config will still replace
@@ -378,6 +444,40 @@ def _free_form_parent(cfg: DictConfig, key: str) -> bool:
     parent_key, _, _ = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
     return isinstance(parent, DictConfig) and parent._metadata.object_type in (None, dict)
+
+
+def _callback_preset(cfg: DictConfig, root: Path, key: str) -> DictConfig:
+    """``callbacks.early_stopping.patience=3`` without ``callbacks=[early_stopping]``: an override of an entry that is
+    not there yet but has a preset (``conf/callbacks/<name>.yaml``) starts from that preset."""
+    parts = key.split(".")
+    if len(parts) < 2 or parts[0] != "callbacks" or parts[1] in cfg.callbacks:
+        return cfg
+    preset = root / "callbacks" / f"{parts[1]}.yaml"
+    if not preset.is_file():
+        return cfg
+    return _merge(cfg, {"callbacks": {parts[1]: _load_yaml(preset)}}, f"conf/callbacks/{parts[1]}.yaml")
+
+
+def trainer_parameters() -> dict[str, Any]:
+    """Name -> ``inspect.Parameter`` of every argument of ``lightning.pytorch.Trainer``."""
+    import inspect
+
+    from lightning.pytorch import Trainer  # lazy: lightning imports torch
+
+    return {n: p for n, p in inspect.signature(Trainer.__init__).parameters.items() if n != "self"}
+
+
+def _trainer_argument(key: str) -> bool:
+    """``trainer.<name>`` for a Trainer argument the schema does not type (``trainer.fast_dev_run``): accepted, and
+    checked with the rest of the section by :func:`_check_trainer`."""
+    parts = key.split(".")
+    return len(parts) == 2 and parts[0] == "trainer" and parts[1] in trainer_parameters()
+
+
+def _trainer_suggestion(name: str) -> str:
+    candidates = [*(f.name for f in fields(TrainerConfig)), *trainer_parameters()]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" Did you mean 'trainer.{close[0]}'?" if close else ""
 
 
 def _merge_groups(cfg: DictConfig, root: Path, selected: dict[str, Any]) -> DictConfig:
@@ -472,6 +572,8 @@ VALUE_RULES: dict[str, Rule] = {
     "data.source": _one_of("synthetic", "folder"),
     "data.split": _one_of("random", "official"),
     "data.soft_threshold": _one_of("majority", "all", "any"),
+    "data.resize": _one_of("stretch", "pad"),
+    "data.cache": _one_of("none", "memory", "disk"),
     "data.image_size": _at_least(16),  # the synthetic generators' smallest size
     "data.num_train": _at_least(0), "data.num_val": _at_least(0), "data.num_test": _at_least(0),
     "data.data_seed": _at_least(0),
@@ -482,8 +584,12 @@ VALUE_RULES: dict[str, Rule] = {
     "model.upsample": _one_of("transpose", "bilinear"),
     "model.mean": _numbers(lambda v: True, "3 numbers, one per RGB channel, e.g. [0.5,0.5,0.5]", n=3),
     "model.std": _numbers(lambda v: v > 0, "3 numbers > 0, one per RGB channel, e.g. [0.25,0.25,0.25]", n=3),
+    "model.target": ((lambda v: v is None or (isinstance(v, str) and (":" in v or "." in v.strip(".")))),
+                     "package.module:callable (an importable callable returning an nn.Module), or null"),
     "optim.lr": _number(lambda v: v > 0, "a number > 0"), "optim.weight_decay": _NON_NEGATIVE,
-    "optim.scheduler": _one_of("cosine", "none"), "optim.warmup_fraction": _FRACTION,
+    "optim.warmup_fraction": _FRACTION,  # optim.name / scheduler and their params: _check_optim
+    "optim.interval": ((lambda v: v in (None, "step", "epoch")), "step, epoch or null (the scheduler's own)"),
+    "optim.monitor": ((lambda v: isinstance(v, str) and "/" in v), "a logged metric key such as val/dice or val/loss"),
     "trainer.max_epochs": _at_least(1), "trainer.num_nodes": _at_least(1),
     "trainer.check_val_every_n_epoch": _at_least(1), "trainer.log_every_n_steps": _at_least(1),
     "logger.name": _one_of("wandb", "csv", "none"), "logger.mode": _one_of("offline", "online", "disabled"),
@@ -505,8 +611,12 @@ def check_values(cfg: DictConfig) -> None:
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)} is not valid: use {must}")
     _check_relations(cfg)
+    _check_trainer(cfg)
+    _check_optim(cfg)
+    _check_callbacks(cfg)
     _check_defenses(cfg, conf_dir())
     _check_datamodule(cfg)
+    _check_model(cfg)
     _check_loss(cfg)
     _check_attacks(cfg)
     _check_targets(cfg)
@@ -514,19 +624,141 @@ def check_values(cfg: DictConfig) -> None:
 
 
 def _check_relations(cfg: DictConfig) -> None:
-    """Rules between values."""
-    d = cfg.data
-    if d.source == "synthetic":  # every command sets up the train and val splits; `attack` also the one it attacks
-        for split in dict.fromkeys(("train", "val", cfg.attack_eval.split)):
-            if d[f"num_{split}"] < 1:
-                used = "attack_eval.split" if split == "test" else "every command"
-                raise ConfigError(f"data.num_{split}={d[f'num_{split}']} is not valid: {used} needs the {split} split, "
-                                  f"use data.num_{split} >= 1")
+    """Rules between values. Empty splits are not checked here: which splits must hold images depends on the command
+    (``fit`` reads train and val, ``test`` only test, ``attack`` its ``attack_eval.split``), so the datamodule checks
+    the ones a command reads when it is set up (``SegmentationDataModule.setup`` / ``require``), before any run
+    folder of validate / test / attack."""
+    d, run = cfg.data, cfg.run
+    if run.weights and run.ckpt:
+        raise ConfigError(f"run.weights={run.weights} and run.ckpt={run.ckpt} both choose the weights to evaluate: drop "
+                          "one (run.ckpt: a lightning_seg checkpoint, with its own model and data; run.weights: weights "
+                          "trained elsewhere, for the model section of the command line)")
+    if run.weights and not Path(run.weights).expanduser().is_file():
+        raise ConfigError(f"run.weights={run.weights} is not a file: give a state dict (.pt / .pth / .bin), a "
+                          ".safetensors file or a TorchScript file")
     if d.source == "folder" and d.root and not Path(d.root).expanduser().is_dir():
         raise ConfigError(f"data.root={d.root!r} is not a folder: give the folder that holds the {d.name} data")
     if cfg.attack_eval.target == "other_image" and cfg.attack_eval.num_images < 2:
         raise ConfigError(f"attack_eval.num_images={cfg.attack_eval.num_images} is not valid for attack_eval.target="
                           "other_image, which aims each image at another image's mask: use attack_eval.num_images >= 2")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Every ``trainer`` key the schema does not type is an argument of ``lightning.pytorch.Trainer`` (closest match
+    otherwise), of a type its annotation allows, and none that the project sets itself."""
+    typed = {f.name for f in fields(TrainerConfig)}
+    parameters = trainer_parameters()
+    for key_name in cfg.trainer:
+        name = str(key_name)
+        if name in typed:
+            continue
+        key, value = f"trainer.{name}", _plain(cfg.trainer[name])
+        if name in PROJECT_TRAINER_ARGS:
+            raise ConfigError(f"{key} cannot be set: lightning_seg sets it; {PROJECT_TRAINER_ARGS[name]}")
+        if name in FORCED_TRAINER_ARGS:
+            forced, why = FORCED_TRAINER_ARGS[name]
+            if value is not forced:
+                raise ConfigError(f"{key}={_show(value)} is not allowed: every Trainer is built with "
+                                  f"{name}={_show(forced)}: {why}")
+            continue
+        if name not in parameters:
+            raise ConfigError(f"Unknown config key '{key}': neither a key of the trainer section nor an argument of "
+                              f"lightning.pytorch.Trainer.{_trainer_suggestion(name)}")
+        expected = argument_problem(value, parameters[name], _trainer_init())
+        if expected:
+            raise ConfigError(f"{key}={_show(value)} is not valid: use {expected}")
+
+
+def _trainer_init() -> Callable[..., Any]:
+    from lightning.pytorch import Trainer
+
+    return Trainer.__init__
+
+
+def _check_optim(cfg: DictConfig) -> None:
+    """The optimiser and scheduler build (lightning_seg.training.optim.check_optim)."""
+    from lightning_seg.training.optim import check_optim  # lazy: imports torch
+
+    try:
+        check_optim(OptimConfig(**to_plain(cfg.optim)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(_first_line(e)) from None
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Every ``callbacks`` entry builds (lightning_seg.training.trainer.config_callbacks raises one ConfigError line)."""
+    if not cfg.callbacks:
+        return
+    from lightning_seg.training.trainer import config_callbacks  # lazy: imports lightning
+
+    config_callbacks(cfg)
+
+
+def argument_problem(value: Any, parameter: Any, owner: Callable[..., Any]) -> str | None:
+    """``None`` when a config value fits the annotation of ``parameter`` (an ``inspect.Parameter`` of ``owner``), else
+    what to give instead. Annotations naming other classes than bool, int, float, str and None (tensors, timedelta,
+    strategies) are not checked here: the owner checks such values itself."""
+    from lightning_seg.attacks.config import resolve_annotation, value_problem  # lazy: the attacks import torch
+
+    return value_problem(value, _config_type(resolve_annotation(parameter.annotation, owner)), fractions=False)
+
+
+def _config_type(tp: Any) -> Any:
+    import collections.abc
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in (bool, int, float, str, type(None)) or origin is typing.Literal:
+        return tp
+    if origin in (typing.Union, types.UnionType):
+        return Any if any(_config_type(a) is Any for a in args) else tp
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        return tp if all(a is Ellipsis or _config_type(a) is not Any for a in args) else Any
+    return Any
+
+
+def check_arguments(where: str, target: Callable[..., Any], given: dict[str, Any], *, skip: tuple[str, ...] = (),
+                    taken: dict[str, str] | None = None, filled: Any = ()) -> list[str]:
+    """Check the keyword arguments ``given`` (from the config key ``where``) of ``target`` (a class: its ``__init__``):
+    each is a parameter (one ConfigError line with the closest match otherwise; ``taken``: parameters set by another
+    key, named in the error) of a type its annotation allows. Returns the required parameters neither given nor
+    ``filled`` by the caller."""
+    import inspect
+
+    init = target.__init__ if isinstance(target, type) else target
+    signature = inspect.signature(init).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in signature.values())
+    parameters = {n: p for n, p in signature.items()
+                  if n not in ("self", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    name_of = getattr(target, "__name__", str(target))
+    for name, value in given.items():
+        if taken and name in taken:
+            raise ConfigError(f"{where}.{name}: set {taken[name]} instead")
+        if name not in parameters:
+            if open_ended and name not in skip:
+                continue
+            close = difflib.get_close_matches(name, list(parameters), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}.{name}: {name_of} has no parameter {name!r}.{hint} "
+                              f"Its parameters: {', '.join(parameters) or 'none'}.")
+        expected = argument_problem(value, parameters[name], init)
+        if expected:
+            raise ConfigError(f"{where}.{name}={_show(value)} is not valid: use {expected}")
+    return [n for n, p in parameters.items()
+            if p.default is p.empty and n not in given and n not in filled and (not taken or n not in taken)]
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """The model section builds: a registered name, or a monai./smp./model.target network (installed, its class,
+    model.params against its signature, one forward pass of a blank data.image_size image on the CPU)."""
+    from lightning_seg.models import check_model_config  # lazy: imports torch
+    from lightning_seg.tasks import get_task
+
+    try:
+        check_model_config(to_plain(cfg.model), get_task(cfg.data.task).num_classes, cfg.data.image_size)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(_first_line(e)) from None
 
 
 def _check_loss(cfg: DictConfig) -> None:

@@ -65,27 +65,42 @@ def run_scope(run_dir: Path) -> Iterator[Path]:
             os.environ.pop(ENV_RUN_DIR, None)
 
 
-def fit_runs(output_dir: str | Path) -> list[Path]:
-    """Fit run folders that hold a checkpoint, oldest first (by modification time of the checkpoint)."""
-    base = Path(output_dir) / "fit"
+def command_runs(output_dir: str | Path, command: str = "fit") -> list[Path]:
+    """Run folders of ``command`` (fit, adv-train) that hold a checkpoint, oldest first (by modification time of
+    the checkpoint)."""
+    base = Path(output_dir) / command
     runs = [p for p in base.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()] if base.is_dir() else []
     return sorted(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
 
 
-def latest_fit_run(output_dir: str | Path) -> Path:
-    runs = fit_runs(output_dir)
+def fit_runs(output_dir: str | Path) -> list[Path]:
+    """Fit run folders that hold a checkpoint, oldest first (by modification time of the checkpoint)."""
+    return command_runs(output_dir, "fit")
+
+
+def latest_run(output_dir: str | Path, command: str = "fit", option: str = "run.ckpt") -> Path:
+    """The latest run of ``command``; the error names ``option``, the way to give a run or checkpoint instead."""
+    runs = command_runs(output_dir, command)
     if not runs:
+        alternative = f"{option}=/path/to/checkpoint.ckpt" if option == "run.ckpt" else f"{option}=/path/to/run"
         raise NoRunError(
-            f"No fit run with a checkpoint under {Path(output_dir) / 'fit'}: train one first with "
-            "`python -m lightning_seg fit`, or pass run.ckpt=/path/to/checkpoint.ckpt"
+            f"No {command} run with a checkpoint under {Path(output_dir) / command}: train one first with "
+            f"`python -m lightning_seg {command}`, or pass {alternative}"
         )
     return runs[-1]
 
 
-def resolve_checkpoint(spec: str | None, output_dir: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint from a file, a run folder, or (``None``/"latest") the latest fit run."""
+def latest_fit_run(output_dir: str | Path) -> Path:
+    return latest_run(output_dir, "fit")
+
+
+def resolve_checkpoint(spec: str | None, output_dir: str | Path, prefer: str = "best", command: str = "fit",
+                       option: str = "run.ckpt") -> Path:
+    """A checkpoint from a file, a run folder, or (``None``/"latest"/"last") the latest run of ``command``: the
+    latest fit run for evaluation and ``run.init_from``; ``run.resume=last`` of ``adv-train`` continues the latest
+    adv-train run."""
     if spec in (None, "", "latest", "last"):
-        run = latest_fit_run(output_dir)
+        run = latest_run(output_dir, command, option)
         name = "last" if spec == "last" else prefer
         path = run / "checkpoints" / f"{name}.ckpt"
         return path if path.is_file() else run / "checkpoints" / "last.ckpt"

@@ -292,6 +292,11 @@ def test_input_errors():
     x, y = data()
     with pytest.raises(ValueError, match="\\[0,1\\]"):
         pgd(model, x * 2, y)
+    nan = x.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    for attack in (pgd, asma):
+        with pytest.raises(ValueError, match="images contain NaN"):
+            attack(model, nan, y)
     with pytest.raises(ValueError, match="long"):
         pgd(model, x, y.float())
     with pytest.raises(ValueError, match="crop the labels"):
@@ -314,7 +319,7 @@ def test_result_helpers():
 
 
 def test_registry_and_yaml_defaults():
-    assert ATTACKS.names() == sorted(["ssm", "asm", "asma", "dag", "fgsm", "pgd", "segpgd", "cospgd", "up", "synthesis"])
+    assert ATTACKS.names() == sorted(["ssm", "asm", "asma", "dag", "fgsm", "pgd", "segpgd", "cospgd", "up", "synthesis", "apgd", "sea"])
     with pytest.raises(UnknownNameError, match="asma"):
         ATTACKS.get("asmma")
     with pytest.raises(TypeError, match="Did you mean: 'eps'"):

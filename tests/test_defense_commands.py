@@ -93,9 +93,9 @@ def test_adv_train_hook_attacks_the_defended_model(tiny, monkeypatch: pytest.Mon
     seen: list[type] = []
     real = AdversarialTrainingHook.__call__
 
-    def spy(self, net, images, labels):
+    def spy(self, net, images, labels, **kwargs):
         seen.append(type(net))
-        return real(self, net, images, labels)
+        return real(self, net, images, labels, **kwargs)
 
     monkeypatch.setattr(AdversarialTrainingHook, "__call__", spy)
     result = adv_train(compose(tiny(**{"defense": "jpeg", "trainer.limit_train_batches": 2, "adv_train.steps": 1})))

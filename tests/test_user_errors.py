@@ -22,9 +22,8 @@ CASES = [
     (["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
     (["data.eval_batch_size=-4"], ["data.eval_batch_size=-4", ">= 1"]),
     (["data.num_workers=-1"], ["data.num_workers=-1", ">= 0"]),
-    (["data.num_train=0"], ["data.num_train=0", "data.num_train >= 1"]),
+    (["data.num_train=0"], ["fit needs the train split", "data.num_train >= 1"]),  # checked at setup, before the run folder
     (["data.num_val=-1"], ["data.num_val=-1", ">= 0"]),
-    (["data.num_test=0", "attack_eval.split=test"], ["data.num_test=0", "data.num_test >= 1"]),
     (["data.val_fraction=1.0"], ["data.val_fraction=1", "[0, 1)"]),
     (["data.source=folder"], ["data.source=folder", "data.root="]),
     (["data.source=folder", "data.root=/no/such/isic"], ["data.root='/no/such/isic'", "is not a folder"]),
@@ -118,7 +117,7 @@ def test_attack_requests_that_cannot_run_leave_no_run_folder(tmp_path: Path, cap
     fit(compose(tiny_overrides(root)))
     capsys.readouterr()  # the fit's own log
     base = ["attack", f"run.output_dir={root}", "logger=none"]
-    for extra, fragment in [(["attack=pgd", "attack_eval.split=test", "data.num_test=1"], "other_image needs at least 2 images"),
+    for extra, fragment in [(["attack=asma", "attack_eval.split=test", "data.num_test=1"], "the test split holds 1 image"),
                             (["attack=[]"], "Nothing to do")]:
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err

@@ -10,6 +10,7 @@ parameters and restore the model's state afterwards (see :mod:`lightning_seg.att
 from __future__ import annotations
 
 from lightning_seg.attacks._common import parse_fraction
+from lightning_seg.attacks.apgd import apgd
 from lightning_seg.attacks.asma import asm, asma, ssm
 from lightning_seg.attacks.config import (
     ATTACKS,
@@ -27,6 +28,8 @@ from lightning_seg.attacks.config import (
     SynthesisConfig,
     UniversalAttack,
     UpConfig,
+    _config_class,
+    _register,
     attack_defaults,
     bind_task,
     build_attack,
@@ -39,6 +42,7 @@ from lightning_seg.attacks.guard import AttackContext, attack_guard
 from lightning_seg.attacks.measure import apsr, binary_logits, l2_norm, linf_norm, per_image_iou, pixel_accuracy
 from lightning_seg.attacks.pgd import default_alpha, fgsm, pgd
 from lightning_seg.attacks.result import AttackResult
+from lightning_seg.attacks.sea import sea
 from lightning_seg.attacks.segpgd import segpgd
 from lightning_seg.attacks.universal import (
     UniversalPerturbation,
@@ -47,10 +51,21 @@ from lightning_seg.attacks.universal import (
     universal_perturbation,
 )
 
+# APGD and SEA: configs derived from the function signatures like every attack's (see attacks/config.py), registered
+# here so that attacks/config.py stays as it is.
+ApgdConfig = _config_class("ApgdConfig", "apgd", (apgd,), doc="""APGD (Croce & Hein, ICML 2020) with a segmentation
+loss (SEA's masked / balanced CE and JS, soft Dice, margin, SegPGD, CosPGD); eps in [0,1] units.""")
+SeaConfig = _config_class("SeaConfig", "sea", (sea,), doc="""SEA (Croce, Singh & Hein, ECCV 2024): per-image worst
+case over APGD members (balanced masked CE, masked CE, JS) at radius 2 eps -> 1.5 eps -> eps.""")
+for _name, _fn, _cfg in (("apgd", apgd, ApgdConfig), ("sea", sea, SeaConfig)):
+    FUNCTIONS[_name], CONFIGS[_name] = (_fn,), _cfg
+    _register(_name)
+
 __all__ = [
     "ATTACKS",
     "CONFIGS",
     "FUNCTIONS",
+    "ApgdConfig",
     "AsmConfig",
     "AsmaConfig",
     "Attack",
@@ -60,12 +75,14 @@ __all__ = [
     "DagConfig",
     "FgsmConfig",
     "PgdConfig",
+    "SeaConfig",
     "SegPgdConfig",
     "SsmConfig",
     "SynthesisConfig",
     "UniversalAttack",
     "UniversalPerturbation",
     "UpConfig",
+    "apgd",
     "apsr",
     "asm",
     "asma",
@@ -75,18 +92,19 @@ __all__ = [
     "bind_task",
     "build_attack",
     "build_named_attack",
-    "is_targeted",
     "cospgd",
     "dag",
     "default_alpha",
     "fgsm",
     "hide_class_target",
+    "is_targeted",
     "l2_norm",
     "linf_norm",
     "parse_fraction",
     "per_image_iou",
     "pgd",
     "pixel_accuracy",
+    "sea",
     "segpgd",
     "ssm",
     "universal_attack",

@@ -74,7 +74,10 @@ def check_inputs(
         raise ValueError(
             f"labels/targets must be long [B,h,w] with B={images.shape[0]}, got {labels.dtype} {tuple(labels.shape)}"
         )
-    lo, hi = torch.aminmax(images.detach())
+    lo, hi = torch.aminmax(images.detach())  # NaN propagates into both
+    if bool(torch.isnan(lo) | torch.isnan(hi)):
+        raise ValueError("images contain NaN: a NaN pixel makes every gradient step NaN; check the loading and the "
+                         "transforms before the attack (torch.isnan(images).nonzero() finds them)")
     if bool(lo < 0) or bool(hi > 1):
         raise ValueError("images must be in [0,1] (normalisation belongs inside the model, so that budgets are in "
                          "image units)")

@@ -34,7 +34,11 @@ class AttackResult:
 
     @property
     def rms(self) -> Tensor:
-        """Per-value RMS of the perturbation: l2 / sqrt(numel per image)."""
+        """Per-value RMS of the perturbation: l2 / sqrt(numel per image), or over the values the attack could change
+        (``extras["perturbed_values"]`` [B], set for padded inputs: padding is not counted)."""
+        values = self.extras.get("perturbed_values")
+        if values is not None:
+            return self.l2 / values.to(self.l2.dtype).clamp_min(1).sqrt()
         numel = self.adv[0].numel()
         return self.l2 / math.sqrt(numel)
 

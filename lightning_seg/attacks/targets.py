@@ -100,8 +100,12 @@ def other_image(masks: Tensor, *, offset: int = 1, generator: torch.Generator | 
     """Target = the mask of image (i + offset) mod B (a fixed derangement for 0 < offset < B)."""
     _check(masks)
     B = masks.shape[0]
-    if B < 2 or offset % B == 0:
-        raise ValueError(f"other_image needs a batch of >= 2 masks and offset not a multiple of B={B}")
+    if B < 2:
+        raise ValueError(f"other_image aims each mask at another mask of the batch, but the batch holds {B} mask"
+                         f"{'' if B == 1 else 's'}: it needs >= 2 (or use a target built from each mask, e.g. shift)")
+    if offset % B == 0:
+        raise ValueError(f"other_image offset={offset} is a multiple of the batch size {B}: each mask would be its own "
+                         "target; use an offset that is not")
     return masks.roll(-offset, dims=0).clone()
 
 
@@ -111,7 +115,8 @@ def derangement_pairs(n: int, *, seed: int | None = None) -> list[tuple[int, int
     seed None: the cyclic pairing i -> i + 1 (mod n); otherwise a seeded random derangement.
     """
     if n < 2:
-        raise ValueError("derangement_pairs needs n >= 2")
+        raise ValueError(f"derangement_pairs pairs each image with another one, but got {n} image"
+                         f"{'' if n == 1 else 's'}: it needs n >= 2")
     if seed is None:
         return [(i, (i + 1) % n) for i in range(n)]
     rng = random.Random(seed)

@@ -55,6 +55,8 @@ class AttackInputs:
     clean_dice: Tensor  # [N, S] of the clean prediction
     targets: Tensor
     target_keys: list[str]
+    valid: Tensor | None = None  # bool [N,H,W]: False on the padding of data.resize=pad (never perturbed nor scored)
+    sizes: Tensor | None = None  # long [N,2]: original (H, W), for clinical read-outs in the original aspect ratio
 
     @property
     def net(self) -> nn.Module:
@@ -68,7 +70,7 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
     attacks = {key: build_attack(params.pop("name", key), **params) for key, params in to_plain(cfg.attack).items()}
     ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
     pl.seed_everything(cfg.seed, verbose=False)
-    inputs = _load_inputs(cfg, ckpt)  # before the run folder: a request that cannot run leaves no folder behind
+    inputs = _load_inputs(cfg, ckpt, attacks)  # before the run folder: a request that cannot run leaves no folder behind
     run_dir = new_run_dir(cfg.run.output_dir, "attack", cfg.data.name, cfg.run.name)
     with run_scope(run_dir):
         return _attack(cfg, attacks, ckpt, inputs, run_dir)
@@ -108,6 +110,7 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, inputs: Attack
               "table": attack_markdown(done.summaries, done.robustness, done.defense), "summary": done.summaries,
               "panels": {k: [str(p) for p in v] for k, v in done.panels.items()}, "robustness": done.robustness,
               "defense": done.defense}
+    result |= {"data": inputs.datamodule.describe(), "num_images": len(inputs.images)}
     header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(inputs.images)} {ev.split} images, "
               f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
     if not_run:
@@ -149,7 +152,7 @@ def _attack_one(cfg: DictConfig, name: str, atk: Any, inputs: AttackInputs, run_
     done.panels[name] = panels  # last: an attack counts as done once all of it is kept
 
 
-def _load_inputs(cfg: DictConfig, ckpt: Path) -> AttackInputs:
+def _load_inputs(cfg: DictConfig, ckpt: Path, attacks: dict[str, Any] | None = None) -> AttackInputs:
     """The checkpoint (behind ``cfg.defense``: the checkpoint's unless overridden), the images, masks and targets."""
     ev = cfg.attack_eval
     module = load_module(str(ckpt), defense=defense_hparams(cfg))
@@ -159,18 +162,59 @@ def _load_inputs(cfg: DictConfig, ckpt: Path) -> AttackInputs:
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
     module.net.eval().to(device)
     dm = build_datamodule_from(cfg)
+    _require_splits(dm, cfg, attacks or {})
     try:
         dm.setup()
-    except ValueError as e:  # plain ValueErrors of setup are the data config's (an empty split, no official splits)
+    except ValueError as e:  # plain ValueErrors of setup are the data config's
         if type(e) is not ValueError:  # DataError, ConfigError: already one line for the command line
             raise
         raise ConfigError(str(e).splitlines()[0]) from None
-    images, labels, keys = _load_split(dm, ev.split, ev.num_images, device)
-    clean_pred = predict(module.net, images, ev.batch_size)
+    _check_split_size(dm, ev, attacks or {})
+    images, labels, keys, valid, sizes = _load_split_padded(dm, ev.split, ev.num_images, device)
+    clean_pred = predict(module.net, images, ev.batch_size, valid=valid)
     labels = module.crop_labels(images, labels)
     targets, target_keys = _targets(labels if ev.target_base == "label" else clean_pred, keys, ev, device)
     clean_dice = per_image_dice(clean_pred, labels, module.task)
-    return AttackInputs(module, dm, images, labels, keys, clean_pred, clean_dice, targets, target_keys)
+    return AttackInputs(module, dm, images, labels, keys, clean_pred, clean_dice, targets, target_keys, valid, sizes)
+
+
+def _needs_image_targets(attacks: dict[str, Any]) -> list[str]:
+    """The attacks that aim at ``attack_eval.target`` masks (the universal perturbation builds its own)."""
+    return [k for k, a in attacks.items() if is_targeted(a) and not isinstance(a, UniversalAttack)]
+
+
+def _require_splits(dm: Any, cfg: DictConfig, attacks: dict[str, Any]) -> None:
+    """The splits this run reads: the attacked one, and train for a universal perturbation (fitted on train batches);
+    ``dm.setup`` then fails, before any run folder, when one is empty. No other split needs images."""
+    ev = cfg.attack_eval
+    dm.require(ev.split, f"attack_eval.split={ev.split}", alternative="attack_eval.split")
+    universal = [k for k, a in attacks.items() if isinstance(a, UniversalAttack)]
+    if universal:
+        dm.require("train", f"attack={universal[0]} (a universal perturbation, fitted on attack_eval.up_train_batches="
+                            f"{ev.up_train_batches} train batches)")
+
+
+def _check_split_size(dm: Any, ev: Any, attacks: dict[str, Any]) -> None:
+    """``other_image`` pairs each attacked image with another one: the attacked split must hold two. Says the real
+    size and what changes it; also says when the split holds fewer than ``attack_eval.num_images``."""
+    size = len(dm.split_ids[ev.split])
+    targeted = _needs_image_targets(attacks)
+    if ev.target == "other_image" and size < 2 and targeted:
+        counts = {s: len(ids) for s, ids in dm.split_ids.items()}
+        fixes = [f"attack_eval.split={s}" for s in ("val", "test", "train") if s != ev.split and counts[s] >= 2][:1]
+        if dm.source_kind == "synthetic":
+            fixes.append(f"data.num_{ev.split} >= 2")
+        elif dm.split_mode == "random" and ev.split != "train":
+            fixes.append(f"a larger data.{ev.split}_fraction")
+        fixes.append("a target built from each image's own mask (e.g. attack_eval.target=shift)")
+        shown = ", ".join(f"{s} {n}" for s, n in counts.items())
+        fix = f"{', '.join(fixes[:-1])} or {fixes[-1]}" if len(fixes) > 1 else fixes[0]
+        raise ConfigError(f"attack_eval.target=other_image aims each image at another image's mask, but the {ev.split} "
+                          f"split holds {size} image{'' if size == 1 else 's'} ({shown}; targeted attacks: "
+                          f"{', '.join(targeted)}): use {fix}")
+    if size < ev.num_images:
+        print(f"attack: the {ev.split} split holds {size} image{'' if size == 1 else 's'}, fewer than "
+              f"attack_eval.num_images={ev.num_images}: attacking all {size}", flush=True)
 
 
 def _run(cfg: DictConfig, atk: Any, inputs: AttackInputs, progress: Any) -> tuple[list[AttackResult], Tensor, float]:
@@ -182,7 +226,7 @@ def _run(cfg: DictConfig, atk: Any, inputs: AttackInputs, progress: Any) -> tupl
         atk.fit(inputs.net, _train_batches(inputs.datamodule, ev.up_train_batches, inputs.images.device))
         reference = hide_class_target(inputs.clean_pred, atk.config.hide_class, task.num_classes)
     start = time.perf_counter()
-    results = attack_batches(atk, inputs.net, inputs.images, reference, ev.batch_size, progress)
+    results = attack_batches(atk, inputs.net, inputs.images, reference, ev.batch_size, progress, valid=inputs.valid)
     return results, reference, time.perf_counter() - start
 
 
@@ -192,7 +236,8 @@ def _score(name: str, atk: Any, results: list[AttackResult], reference: Tensor, 
     targeted = is_targeted(atk)
     return method_report(name, targeted, results, seconds, task=inputs.module.task, keys=inputs.keys,
                          ref_keys=inputs.target_keys if targeted else inputs.keys, labels=inputs.labels,
-                         clean_pred=inputs.clean_pred, clean_dice=inputs.clean_dice, reference=reference)
+                         clean_pred=inputs.clean_pred, clean_dice=inputs.clean_dice, reference=reference,
+                         sizes=inputs.sizes, valid=inputs.valid)
 
 
 def _sweep(cfg: DictConfig, ckpt: Path, inputs: AttackInputs, run_dir: Path, progress: Any,
@@ -202,7 +247,7 @@ def _sweep(cfg: DictConfig, ckpt: Path, inputs: AttackInputs, run_dir: Path, pro
     checkpoints = [resolve_checkpoint(c, cfg.run.output_dir) for c in ev.checkpoints] or [ckpt]
     rows = robustness_sweep(checkpoints, inputs.images, inputs.labels, eps_values=list(ev.eps_sweep),
                             attacks=list(ev.sweep_attacks), steps=ev.sweep_steps, batch_size=ev.batch_size,
-                            sections=to_plain(cfg.attack), progress=progress)
+                            sections=to_plain(cfg.attack), progress=progress, valid=inputs.valid)
     logger.robustness(rows, write_robustness(run_dir, rows))
     return rows
 
@@ -218,13 +263,18 @@ def _defense_report(cfg: DictConfig, ckpt: Path, inputs: AttackInputs, attacks: 
     report = defense_report(bare, {name: defense_section(name) for name in ev.defenses}, per_image, inputs.images,
                             inputs.labels, inputs.targets, inputs.module.task, batch_size=ev.batch_size,
                             eps_sweep=list(ev.eps_sweep), sweep_steps=ev.sweep_steps, oblivious=oblivious,
-                            sections=to_plain(cfg.attack))
+                            sections=to_plain(cfg.attack), valid=inputs.valid)
     write_defense_report(run_dir, report, f"Checkpoint `{ckpt}`, {len(inputs.images)} {ev.split} images")
     logger.table("attack/defense", report["rows"])
     return report
 
 
 def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
+    return _load_split_padded(dm, split, n, device)[:3]
+
+
+def _load_split_padded(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str], Tensor, Tensor]:
+    """Images, labels, keys, validity maps (False on padding) and original (H, W) of the first ``n`` images."""
     ds = dm.dataset(split)
     n = min(n, len(ds))
     if n < 1:
@@ -232,15 +282,16 @@ def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tens
     items = [ds[(i, 0)] for i in range(n)]
     images = torch.stack([it["image"] for it in items]).to(device)
     labels = torch.stack([it["mask"] for it in items]).to(device)
-    return images, labels, [it["key"] for it in items]
+    valid = torch.stack([it["valid"] for it in items]).to(device)
+    sizes = torch.stack([it["orig_size"] for it in items])
+    return images, labels, [it["key"] for it in items], valid, sizes
 
 
 def _targets(labels: Tensor, keys: list[str], ev: Any, device: torch.device) -> tuple[Tensor, list[str]]:
     """Target masks built from ``labels`` (the ground truth, or the clean prediction for ``target_base=prediction``)."""
     if ev.target == "other_image":
-        if len(keys) < 2:  # attack_eval.num_images >= 2 is checked at compose time; the split itself may be smaller
-            raise ConfigError(f"attack_eval.target=other_image needs at least 2 images, the {ev.split} split has "
-                              f"{len(keys)}: use another split or attack_eval.target")
+        if len(keys) < 2:  # no attack aims at these targets (_check_split_size): a placeholder, never used
+            return labels.clone(), list(keys)
         pairs = derangement_pairs(len(keys), seed=ev.seed)
         order = [t for _, t in sorted(pairs)]
         return labels[order].clone(), [keys[t] for t in order]

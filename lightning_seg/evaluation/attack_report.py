@@ -25,18 +25,20 @@ from lightning_seg.tasks import Task
 
 def method_report(name: str, targeted: bool, results: list[AttackResult], seconds: float, *, task: Task, keys: list[str],
                   ref_keys: list[str], labels: Tensor, clean_pred: Tensor, clean_dice: Tensor,
-                  reference: Tensor) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  reference: Tensor, sizes: Tensor | None = None,
+                  valid: Tensor | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-image rows and the summary of one attack's batch ``results`` (Table 1, clinical and synthesis columns).
 
     ``labels``: the ground truth; attacks that deform the anatomy (synthesis) are scored against the equally deformed
-    label instead. ``reference``: what the attack aimed at (targets, or the ground truth)."""
+    label instead. ``reference``: what the attack aimed at (targets, or the ground truth). ``sizes`` / ``valid``: the
+    images' original (H, W) and validity maps: clinical read-outs in the original aspect ratio, padding excluded."""
     adv_pred = torch.cat([r.pred for r in results])
     gt, synth = synthesis_records(results) if "adv_labels" in results[0].extras else (labels, None)
     rows = per_image_rows(name, targeted, results, adv_pred, keys, ref_keys, gt, clean_dice, task)
-    clinical = clinical_report(CLINICAL_TASK[task.name], gt, clean_pred, adv_pred)
+    clinical = clinical_report(CLINICAL_TASK[task.name], gt, clean_pred, adv_pred, sizes=sizes, valid=valid)
     for i, row in enumerate(rows):
         row.update({f"clin_{k}": float(v[i]) for k, v in clinical.items()} | (synth[i] if synth else {}))
-    extra = target_flip_shares(CLINICAL_TASK[task.name], clean_pred, reference) if targeted else {}
+    extra = target_flip_shares(CLINICAL_TASK[task.name], clean_pred, reference, sizes=sizes, valid=valid) if targeted else {}
     summary = (summarise_method(name, targeted, rows, results, seconds)
                | {f"clin_{k}": float(v) for k, v in (summarize_clinical(clinical) | extra).items()}
                | (synthesis_summary(synth) if synth else {}))

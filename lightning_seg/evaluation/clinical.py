@@ -2,6 +2,13 @@
 
 The measurements themselves (vCDR, screening labels, area, perimeter, compactness, asymmetry) are in
 :mod:`lightning_seg.metrics.clinical`; this module combines them per task.
+
+Every read-out is taken in the original aspect ratio of the image: given the batch's ``valid`` map and ``orig_size``
+(``sizes``), masks are cropped to the image region (padding removed) and, for the shape read-outs, resampled to square
+pixels (:func:`lightning_seg.metrics.clinical.original_aspect`), so that ``data.resize=stretch`` and
+``data.resize=pad`` give the same area, compactness and asymmetry of the same anatomy. vCDR is a ratio of two lengths
+along the same (vertical) axis, which a per-axis scale leaves unchanged: it is measured on the cropped mask without
+resampling, which would only add rounding. Without ``sizes`` and ``valid`` the masks are measured as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from lightning_seg.metrics.clinical import (
     centroid_shift,
     check_masks,
     compactness,
+    original_aspect,
     perimeter,
     relative_area_change,
     screening_flip_flags,
@@ -48,8 +56,13 @@ def clinical_report(
     *,
     thresholds: tuple[float, ...] = SCREENING_THRESHOLDS,
     asym_threshold: float = ASYM_THRESHOLD,
+    sizes: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-image clinical read-outs (every value [B]) for ground truth, clean and adversarial predictions.
+
+    ``sizes`` (long [B,2], original (H, W)) and ``valid`` (bool [B,H,W] on the input grid, False on padding): measure
+    in the original aspect ratio (module docstring); the masks may be a centred crop of the input grid.
 
     task "disc_cup" / "glaucoma" ({0 bg, 1 rim, 2 cup}): ``vcdr_gt``, ``vcdr_clean``,
     ``vcdr_adv``, ``dvcdr`` (adv - clean), ``abs_err_clean`` / ``abs_err_adv`` (vs gt) and per
@@ -66,6 +79,7 @@ def clinical_report(
             f"gt {tuple(gt.shape)}, clean_pred {tuple(clean_pred.shape)} and adv_pred {tuple(adv_pred.shape)} must match"
         )
     key = task.lower()
+    gt, clean_pred, adv_pred = _in_original_aspect((gt, clean_pred, adv_pred), sizes, valid, key)
     if key in GLAUCOMA_TASKS:
         v_gt, v_clean, v_adv = vcdr(gt), vcdr(clean_pred), vcdr(adv_pred)
         out = {
@@ -88,6 +102,16 @@ def clinical_report(
         out["centroid_shift_rel"] = shift_rel
         return out
     raise ValueError(f"Unknown task {task!r} for clinical_report; use one of {GLAUCOMA_TASKS + SHAPE_TASKS}")
+
+
+def _in_original_aspect(masks: tuple[Tensor, ...], sizes: Tensor | None, valid: Tensor | None,
+                        task: str) -> tuple[Tensor, ...]:
+    """The masks cropped to the image region; resampled to square pixels for the shape read-outs (not for vCDR, a
+    ratio of vertical lengths)."""
+    if sizes is None and valid is None:
+        return masks
+    sizes = None if task in GLAUCOMA_TASKS else sizes
+    return tuple(original_aspect(m, sizes, valid) for m in masks)
 
 
 def concat_reports(reports: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -131,12 +155,15 @@ def summarize_clinical(report: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def target_flip_shares(task: str, clean_pred: Tensor, targets: Tensor,
-                       thresholds: tuple[float, ...] = SCREENING_THRESHOLDS) -> dict[str, Tensor]:
+                       thresholds: tuple[float, ...] = SCREENING_THRESHOLDS, *, sizes: Tensor | None = None,
+                       valid: Tensor | None = None) -> dict[str, Tensor]:
     """Glaucoma: share of images whose screening label flips from the clean prediction to the attack's *target*
     mask (``target_flip@t``), the upper bound of what a targeted attack can flip, and the normal -> suspect share
-    among clean-normal images (``target_n2s_of_normal@t``); {} for shape tasks."""
+    among clean-normal images (``target_n2s_of_normal@t``); {} for shape tasks. ``sizes``, ``valid``: as
+    :func:`clinical_report`."""
     if task.lower() not in GLAUCOMA_TASKS:
         return {}
+    clean_pred, targets = _in_original_aspect((clean_pred, targets), sizes, valid, task.lower())
     v_clean, v_target = vcdr(clean_pred), vcdr(targets)
     flips = screening_flips(v_clean, v_target, thresholds)
     out = {f"target_flip@{t:g}": flips[f"flip@{t:g}"] for t in thresholds}
@@ -156,12 +183,14 @@ CALLBACK_KEYS["glaucoma"] = CALLBACK_KEYS["disc_cup"]
 CALLBACK_KEYS["disc"] = CALLBACK_KEYS["isic"]
 
 
-def callback_values(task: str, gt: Tensor, clean_pred: Tensor, adv_pred: Tensor) -> dict[str, Tensor]:
+def callback_values(task: str, gt: Tensor, clean_pred: Tensor, adv_pred: Tensor, *, sizes: Tensor | None = None,
+                    valid: Tensor | None = None) -> dict[str, Tensor]:
     """Per-image values [B] for :data:`CALLBACK_KEYS`: vCDR of gt / clean / adv and 0/1 screening flips (clean vs
     adv) at each screening threshold (glaucoma); relative area change, compactness and the asymmetry index (mean of
-    the two principal-axis A_k) clean / adv (shape tasks). NaN where undefined (e.g. empty masks)."""
+    the two principal-axis A_k) clean / adv (shape tasks). NaN where undefined (e.g. empty masks). ``sizes``,
+    ``valid``: as :func:`clinical_report`."""
     key = task.lower()
-    r = clinical_report(key, gt, clean_pred, adv_pred)
+    r = clinical_report(key, gt, clean_pred, adv_pred, sizes=sizes, valid=valid)
     if key in GLAUCOMA_TASKS:
         out = {k: r[k] for k in ("vcdr_gt", "vcdr_clean", "vcdr_adv")}
         for t in SCREENING_THRESHOLDS:

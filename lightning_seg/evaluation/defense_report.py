@@ -45,9 +45,10 @@ UNBOUNDED_STEPS = 50
 
 
 # ----------------------------------------------------------------------------- building blocks
-def run_attack(attack: Any, net: nn.Module, images: Tensor, reference: Tensor, batch_size: int, progress: Any = None) -> Tensor:
-    """Adversarial images of ``attack`` on ``net``, batch by batch."""
-    return torch.cat([r.adv for r in attack_batches(attack, net, images, reference, batch_size, progress)])
+def run_attack(attack: Any, net: nn.Module, images: Tensor, reference: Tensor, batch_size: int, progress: Any = None,
+               valid: Tensor | None = None) -> Tensor:
+    """Adversarial images of ``attack`` on ``net``, batch by batch (``valid``: the padding is never perturbed)."""
+    return torch.cat([r.adv for r in attack_batches(attack, net, images, reference, batch_size, progress, valid=valid)])
 
 
 def threat_models(model: DefendedModel) -> list[tuple[str, str, int]]:
@@ -135,75 +136,77 @@ def _flag(row: dict[str, Any], text: str) -> None:
 
 
 def budget_sweep(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_values: list[float], steps: int,
-                 batch_size: int, sections: dict[str, Any] | None = None) -> list[tuple[float, float]]:
+                 batch_size: int, sections: dict[str, Any] | None = None, valid: Tensor | None = None) -> list[tuple[float, float]]:
     """``[(eps, mean Dice vs ground truth)]`` under untargeted Linf PGD on ``net`` (eps 0 = clean), each prediction
     made again on the adversarial images as in the report's rows."""
-    clean = float(per_image_dice(predict(net, images, batch_size), labels, task).mean())
+    clean = float(per_image_dice(predict(net, images, batch_size, valid=valid), labels, task).mean())
     sweep = robust_sweep(net, images, labels, task, eps_values, steps=steps, sections=sections, batch_size=batch_size,
-                         rescore=True)
+                         rescore=True, valid=valid)
     return [(0.0, clean)] + [(s.eps, float(s.dice.mean())) for s in sweep]
 
 
 def unbounded_dice(net: nn.Module, images: Tensor, labels: Tensor, task: Task, batch_size: int,
-                   sections: dict[str, Any] | None = None, steps: int = UNBOUNDED_STEPS) -> float:
+                   sections: dict[str, Any] | None = None, steps: int = UNBOUNDED_STEPS, valid: Tensor | None = None) -> float:
     """Mean Dice vs ground truth after targeted PGD with no budget (eps = 1) toward an all-background mask.
 
     Targeted "erase everything" rather than untargeted CE ascent: maximising a mean CE can pile the loss on a few
     pixels and leave the rest correct, so only the targeted form must reach Dice ~ 0 on any working model."""
     alpha = default_alpha(UNBOUNDED_EPS, steps)
     attack = build_named_attack("pgd", sections, eps=UNBOUNDED_EPS, alpha=alpha, steps=steps, targeted=True)
-    adv = run_attack(attack, net, images, torch.zeros_like(labels), batch_size)
-    return float(per_image_dice(predict(net, adv, batch_size), labels, task).mean())
+    adv = run_attack(attack, net, images, torch.zeros_like(labels), batch_size, valid=valid)
+    return float(per_image_dice(predict(net, adv, batch_size, valid=valid), labels, task).mean())
 
 
 # ----------------------------------------------------------------------------- the report
 def defense_report(net: nn.Module, defenses: dict[str, Mapping[str, Any]], attacks: dict[str, Any], images: Tensor,
                    labels: Tensor, targets: Tensor, task: Task, *, batch_size: int, eps_sweep: list[float] | None = None,
                    sweep_steps: int = 20, oblivious: dict[str, Tensor] | None = None, sections: dict[str, Any] | None = None,
-                   progress: Any = None) -> dict[str, Any]:
+                   progress: Any = None, valid: Tensor | None = None) -> dict[str, Any]:
     """Rows (defense x attack x threat model) and sanity checks for the undefended ``net``.
 
     ``defenses``: label -> flat defense section (``lightning_seg.config.defense_section``); ``attacks``: label -> built
     attack (targeted ones aim at ``targets``, untargeted ones at ``labels``); ``oblivious``: adversarial images already
-    crafted on ``net`` per attack label (reused, else computed). Returns ``{"rows": [...], "sanity": [...]}``.
+    crafted on ``net`` per attack label (reused, else computed); ``valid``: False on padding (``data.resize=pad``),
+    which no attack perturbs and no prediction scores. Returns ``{"rows": [...], "sanity": [...]}``.
     """
     net = net.eval()
     oblivious = dict(oblivious or {})
     models = {name: defend(net, section) for name, section in defenses.items()}  # each defense built once
-    clean_pred = predict(net, images, batch_size)
-    clean_def = {name: predict(m, images, batch_size) for name, m in models.items()}
+    clean_pred = predict(net, images, batch_size, valid=valid)
+    clean_def = {name: predict(m, images, batch_size, valid=valid) for name, m in models.items()}
     common = {"images": images, "clean_pred": clean_pred, "labels": labels, "task": task}
     rows: list[dict[str, Any]] = []
     for attack_name, attack in attacks.items():
         reference = targets if is_targeted(attack) else labels
         if attack_name not in oblivious:
-            oblivious[attack_name] = run_attack(attack, net, images, reference, batch_size, progress)
+            oblivious[attack_name] = run_attack(attack, net, images, reference, batch_size, progress, valid)
         adv = oblivious[attack_name]
-        rows.append(score_row("none", attack_name, BASELINE, attack, adv=adv, pred=predict(net, adv, batch_size),
+        rows.append(score_row("none", attack_name, BASELINE, attack, adv=adv, pred=predict(net, adv, batch_size, valid=valid),
                               clean_pred_defended=clean_pred, reference=reference, **common))
         for name, model in models.items():  # scored on the deployed model, whoever crafted the images
             scored = {"clean_pred_defended": clean_def[name], "reference": reference, **common}
-            rows.append(score_row(name, attack_name, OBLIVIOUS, attack, adv=adv, pred=predict(model, adv, batch_size),
-                                  **scored))
+            rows.append(score_row(name, attack_name, OBLIVIOUS, attack, adv=adv,
+                                  pred=predict(model, adv, batch_size, valid=valid), **scored))
             for label, gradient, eot in threat_models(model):
-                adv_a = run_attack(attack, adaptive(model, gradient, eot), images, reference, batch_size, progress)
-                rows.append(score_row(name, attack_name, label, attack, adv=adv_a, pred=predict(model, adv_a, batch_size),
-                                      **scored))
+                adv_a = run_attack(attack, adaptive(model, gradient, eot), images, reference, batch_size, progress, valid)
+                rows.append(score_row(name, attack_name, label, attack, adv=adv_a,
+                                      pred=predict(model, adv_a, batch_size, valid=valid), **scored))
     check_transfer(rows)
     views = {"none": (BASELINE, net)}  # defense -> (threat model, what its first adaptive attacker attacks)
     for name, model in models.items():
         label, gradient, _ = threat_models(model)[0]
         views[name] = (label, adaptive(model, gradient))
     sanity = [sanity_checks(name, threat, attacked, images, labels, task, batch_size, sorted(eps_sweep or []), sweep_steps,
-                            sections) for name, (threat, attacked) in views.items()]
+                            sections, valid) for name, (threat, attacked) in views.items()]
     return {"rows": rows, "sanity": sanity}
 
 
 def sanity_checks(defense: str, threat: str, attacked: nn.Module, images: Tensor, labels: Tensor, task: Task,
-                  batch_size: int, eps_values: list[float], steps: int, sections: dict[str, Any] | None) -> dict[str, Any]:
+                  batch_size: int, eps_values: list[float], steps: int, sections: dict[str, Any] | None,
+                  valid: Tensor | None = None) -> dict[str, Any]:
     """Budget sweep and unbounded attack on the attacker's view ``attacked`` of one defense; ``check`` names violations."""
-    points = budget_sweep(attacked, images, labels, task, eps_values, steps, batch_size, sections)
-    unbounded = unbounded_dice(attacked, images, labels, task, batch_size, sections)
+    points = budget_sweep(attacked, images, labels, task, eps_values, steps, batch_size, sections, valid)
+    unbounded = unbounded_dice(attacked, images, labels, task, batch_size, sections, valid=valid)
     problems = check_monotone(points) + check_unbounded(unbounded)
     return {"defense": defense, "threat_model": threat, "sweep": [{"eps": e, "dice": d} for e, d in points],
             "unbounded_dice": unbounded, "check": "ok" if not problems else "WARN: " + "; ".join(problems)}

@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.attacks import build_named_attack, default_alpha, per_image_iou
-from lightning_seg.evaluation.inference import attack_batches, predict
+from lightning_seg.attacks import attack_defaults, bind_task, build_named_attack, default_alpha, per_image_iou
+from lightning_seg.evaluation.inference import attack_batches, on_grid, predict
 from lightning_seg.io import atomic_write, write_csv, write_text
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
@@ -36,45 +36,54 @@ class RobustScores(NamedTuple):
     iou: Tensor  # [N]: mean over classes
 
 
-def score_prediction(eps: float, pred: Tensor, labels: Tensor, task: Task) -> RobustScores:
-    """Per-image Dice per structure and IoU of the prediction ``pred`` against the ground truth ``labels``."""
-    iou = per_image_iou(pred, labels, num_classes=task.num_classes)
-    return RobustScores(eps, per_image_dice(pred, labels, task), iou)
+def score_prediction(eps: float, pred: Tensor, labels: Tensor, task: Task, valid: Tensor | None = None) -> RobustScores:
+    """Per-image Dice per structure and IoU of the prediction ``pred`` against the ground truth ``labels``; ``valid``
+    (input grid): padding excluded."""
+    mask = None if valid is None else on_grid(valid, labels)
+    iou = per_image_iou(pred, labels, mask, num_classes=task.num_classes)
+    return RobustScores(eps, per_image_dice(pred, labels, task, mask), iou)
 
 
 def robust_sweep(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps_values: Sequence[float], *, steps: int,
                  attack: str = "pgd", sections: dict[str, Any] | None = None, batch_size: int | None = None,
-                 progress: Any = None, rescore: bool = False) -> list[RobustScores]:
+                 progress: Any = None, rescore: bool = False, valid: Tensor | None = None) -> list[RobustScores]:
     """Scores under the untargeted ``attack`` (a key of the config's ``attack`` section, whose hyper-parameters it
     takes, or a registered name) at each Linf budget, with ``steps`` steps of :func:`default_alpha`.
 
     The prediction scored is the attack's own final forward; ``rescore`` predicts the adversarial images again, as
-    the defense report scores every row (it differs only for randomised defenses, which draw a new sample)."""
+    the defense report scores every row (it differs only for randomised defenses, which draw a new sample). ``valid``:
+    padding neither perturbed nor scored (:func:`lightning_seg.evaluation.inference.run_attack`)."""
     out = []
+    registered = dict((sections or {}).get(attack, {})).get("name", attack)
+    # APGD / SEA (alpha None) adapt their own step from 2 eps; a fixed PGD step would only weaken them
+    own_step = attack_defaults(registered).get("alpha", 0.0) is None
     for eps in eps_values:
-        atk = build_named_attack(attack, sections, eps=eps, alpha=default_alpha(eps, steps), steps=steps, targeted=False)
-        results = attack_batches(atk, net, images, labels, batch_size, progress)
+        step = {} if own_step else {"alpha": default_alpha(eps, steps)}
+        atk = bind_task(build_named_attack(attack, sections, eps=eps, steps=steps, targeted=False, **step), task)
+        results = attack_batches(atk, net, images, labels, batch_size, progress, valid=valid)
         if rescore:
-            pred = predict(net, torch.cat([r.adv for r in results]), batch_size)
+            pred = predict(net, torch.cat([r.adv for r in results]), batch_size, valid=valid)
         else:
             pred = torch.cat([r.pred for r in results])
-        out.append(score_prediction(eps, pred, labels, task))
+        out.append(score_prediction(eps, pred, labels, task, valid))
     return out
 
 
 def robustness_sweep(checkpoints: list[Path], images: Tensor, labels: Tensor, *, eps_values: list[float],
                      attacks: list[str], steps: int, batch_size: int, sections: dict[str, Any] | None = None,
-                     progress: Any = None) -> list[dict[str, Any]]:
-    """Curve rows of every checkpoint (with the defense it was trained behind): clean, then each attack per budget."""
+                     progress: Any = None, valid: Tensor | None = None) -> list[dict[str, Any]]:
+    """Curve rows of every checkpoint (with the defense it was trained behind): clean, then each attack per budget.
+    ``valid``: padding neither perturbed nor scored."""
     rows = []
     for ckpt in checkpoints:
         module = load_module(str(ckpt))
         net, task = module.net.to(images.device).eval(), module.task
         y = module.crop_labels(images, labels)
-        rows.append(_row(ckpt, "clean", score_prediction(0.0, predict(net, images, batch_size), y, task), task))
+        clean = predict(net, images, batch_size, valid=valid)
+        rows.append(_row(ckpt, "clean", score_prediction(0.0, clean, y, task, valid), task))
         for name in attacks:
             for s in robust_sweep(net, images, y, task, eps_values, steps=steps, attack=name, sections=sections,
-                                  batch_size=batch_size, progress=progress):
+                                  batch_size=batch_size, progress=progress, valid=valid):
                 rows.append(_row(ckpt, name, s, task))
     return flag_monotone(rows)
 

@@ -23,6 +23,8 @@ def per_image_rows(name: str, targeted: bool, results: list[Any], adv_pred: Tens
     adv_dice = per_image_dice(adv_pred, labels, task)
     structures = task.structure_names
     records = [rec for r in results for rec in r.to_records()]
+    # ensembles (SEA) name, per image, the member whose result is the worst case
+    winners = [r.extras["members"][int(w)] for r in results if "winner" in r.extras for w in r.extras["winner"].tolist()]
     n_per = sum(len(r) for r in results)
     fwd = sum(r.forwards for r in results) / n_per
     bwd = sum(r.backwards for r in results) / n_per
@@ -34,6 +36,8 @@ def per_image_rows(name: str, targeted: bool, results: list[Any], adv_pred: Tens
             row[f"clean_dice_{s}"] = float(clean_dice[i, j])
             row[f"adv_dice_{s}"] = float(adv_dice[i, j])
         row["forwards_per_image"], row["backwards_per_image"] = fwd, bwd
+        if winners:
+            row["winner"] = winners[i]
         out.append(row)
     return out
 
@@ -49,6 +53,8 @@ def summarise_method(name: str, targeted: bool, rows: list[dict[str, Any]], resu
             out[f"{k}_mean"] = sum(r[k] for r in rows) / len(rows)
     out["forwards_per_image"], out["backwards_per_image"] = rows[0]["forwards_per_image"], rows[0]["backwards_per_image"]
     out["seconds"] = round(seconds, 2)
+    if "winner" in rows[0]:
+        out["winners"] = {w: sum(r["winner"] == w for r in rows) for w in dict.fromkeys(r["winner"] for r in rows)}
     return out
 
 
@@ -63,6 +69,10 @@ def table1(summaries: list[dict[str, Any]]) -> str:
             f"{s['linf_mean']:.3f} +- {s['linf_std']:.3f} | {pct('iou')} | {pct('pixel_acc')} | {100 * s['success_rate']:.0f} % | "
             f"{255 * s['rms_mean']:.2f} | {s['iterations_mean']:.0f} | {s['forwards_per_image']:.0f} | {s['seconds']:.1f} |"
         )
+    for s in summaries:
+        if s.get("winners"):
+            counts = ", ".join(f"{member} {n}" for member, n in s["winners"].items())
+            lines.append(f"\n{s['method']}: worst case per image came from {counts} (images per member)")
     return "\n".join(lines)
 
 

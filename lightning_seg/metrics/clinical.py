@@ -4,7 +4,16 @@ Glaucoma (as the REFUGE challenge's evaluation code, ignaciorlando/refuge-evalua
 and screening label flips. ISIC (pixel units, relative changes): area, centroid, perimeter,
 compactness, principal-axis asymmetry and the ABCD asymmetry score.
 
-All functions are batched torch, per image, and free of host syncs.
+All functions are batched torch, per image, and free of host syncs, except :func:`original_aspect` (its output size
+depends on the data), which maps masks back to the original aspect ratio before they are measured.
+
+Aspect ratio: shape read-outs (area, perimeter, compactness, asymmetry) are only meaningful on square pixels. A mask
+predicted on a stretched input (``data.resize=stretch``: a 428 x 569 photograph resized to 96 x 96) has pixels that are
+taller than wide, so :func:`original_aspect` first resamples it (nearest) to square pixels, the long side keeping its
+pixel count: (72, 96) for that photograph (nearest-neighbour downsampling keeps compactness within a few per cent;
+upsampling the coarse axis instead would add staircase edges that inflate it); a padded input (``data.resize=pad``) is
+cropped to its image region, whose pixels are already square. vCDR is a ratio of two vertical lengths, unchanged by a
+per-axis scale: it only needs the padding cropped. Compactness, asymmetry and absolute areas change with a stretch.
 
 Undefined values (documented, never a crash):
 * empty mask: centroid, compactness, asymmetry A_1/A_2 and the asymmetry score are NaN
@@ -24,26 +33,27 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "vertical_diameter",
-    "vcdr",
-    "screening_labels",
-    "screening_flip_flags",
-    "screening_flips",
-    "area",
-    "relative_area_change",
-    "centroid",
-    "centroid_shift",
-    "perimeter",
-    "polygon_area",
-    "compactness",
-    "asymmetry",
-    "asymmetry_score",
     "ASYM_THRESHOLD",
     "CLINICAL_TASK",
     "GLAUCOMA_TASKS",
     "SCREENING_THRESHOLDS",
     "SHAPE_TASKS",
+    "area",
+    "asymmetry",
+    "asymmetry_score",
+    "centroid",
+    "centroid_shift",
     "check_masks",
+    "compactness",
+    "original_aspect",
+    "perimeter",
+    "polygon_area",
+    "relative_area_change",
+    "screening_flip_flags",
+    "screening_flips",
+    "screening_labels",
+    "vcdr",
+    "vertical_diameter",
 ]
 
 GLAUCOMA_TASKS = ("disc_cup", "glaucoma")
@@ -58,6 +68,54 @@ ASYM_THRESHOLD = 0.1  # A_k above which an axis counts as asymmetric in the ABCD
 def check_masks(masks: Tensor, name: str = "masks") -> None:
     if masks.dim() != 3:
         raise ValueError(f"{name} must be a class-index map [B,H,W], got shape {tuple(masks.shape)}")
+
+
+def original_aspect(masks: Tensor, sizes: Tensor | None, valid: Tensor | None = None) -> Tensor:
+    """Class-index maps [B,h,w] measured in the original aspect ratio -> [B,h',w'] (background-padded canvas).
+
+    ``sizes``: long [B,2], the (H, W) of each image before resizing (``orig_size`` of the batch); ``None``: the pixels
+    are taken as square, only the padding is cleared. ``valid``: bool [B,H_in,W_in] on the *input* grid (False on
+    padding; ``None``: no padding); ``masks`` may be a centred crop of that grid (valid-convolution models). Per image:
+    the mask is cropped to the image region (the bounding box of ``valid``), whose extent on the input grid gives the
+    pixel spacing of each axis, then resampled with nearest neighbour to square pixels, the image's long side keeping
+    its pixel count (a padded input keeps its size exactly; a stretched one shrinks along the original short side).
+    The results are placed at the top left of a canvas of background, as large as the largest of the batch: background
+    around a mask changes none of the read-outs of this module."""
+    check_masks(masks)
+    b, h, w = masks.shape
+    if valid is None:
+        valid = torch.ones((b, h, w), dtype=torch.bool, device=masks.device)
+    if valid.dim() != 3 or valid.shape[0] != b or valid.shape[1] < h or valid.shape[2] < w:
+        raise ValueError(f"valid must be bool [B,H,W] with B={b}, H>={h}, W>={w} (the input grid), got {tuple(valid.shape)}")
+    valid = valid.to(device=masks.device, dtype=torch.bool)
+    top, left = (valid.shape[1] - h) // 2, (valid.shape[2] - w) // 2  # the mask grid: a centred crop of the input
+    out = []
+    for i in range(b):
+        rows, cols = valid[i].any(1).nonzero().flatten(), valid[i].any(0).nonzero().flatten()
+        if rows.numel() == 0:
+            out.append(masks.new_zeros((1, 1)))
+            continue
+        r0, r1 = max(int(rows[0]) - top, 0), min(int(rows[-1]) + 1 - top, h)
+        c0, c1 = max(int(cols[0]) - left, 0), min(int(cols[-1]) + 1 - left, w)
+        if r1 <= r0 or c1 <= c0:
+            out.append(masks.new_zeros((1, 1)))
+            continue
+        m = masks[i, r0:r1, c0:c1] * valid[i, r0 + top:r1 + top, c0 + left:c1 + left]
+        if sizes is not None:
+            hv, wv = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1  # the image region on the input grid
+            height, width = (float(v) for v in sizes[i])
+            # original pixels per input pixel along each axis, and the target spacing: that of the long side
+            sy, sx = height / hv, width / wv
+            spacing = sy if height >= width else sx
+            size = (max(1, round(m.shape[0] * sy / spacing)), max(1, round(m.shape[1] * sx / spacing)))
+            if size != tuple(m.shape):
+                m = torch.nn.functional.interpolate(m[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+                m = m.to(masks.dtype)
+        out.append(m)
+    canvas = masks.new_zeros((b, max(m.shape[0] for m in out), max(m.shape[1] for m in out)))
+    for i, m in enumerate(out):
+        canvas[i, : m.shape[0], : m.shape[1]] = m
+    return canvas
 
 
 # ----------------------------------------------------------------------------- glaucoma

@@ -4,6 +4,10 @@ Dice and IoU are per-image scores averaged over images (torchmetrics ``DiceScore
 ``aggregation_level='samplewise'`` and ``MeanIoU``), one value per structure
 (lesion; disc and cup), and their mean over structures. Keys: ``<stage>/dice_<structure>``,
 ``<stage>/iou_<structure>``, ``<stage>/dice``, ``<stage>/iou``.
+
+Padding (``valid`` False, ``data.resize=pad``) is excluded: prediction and label are both set to background there, so
+it adds nothing to the foreground intersections and unions these scores are made of (whatever the network predicts on
+the padding).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ class StructureMetrics(nn.Module):
         self.dice = DiceScore(num_classes=n, average="none", input_format="one-hot")
         self.iou = MeanIoU(num_classes=n, per_class=True, input_format="one-hot")
 
-    def update(self, logits: Tensor, labels: Tensor) -> None:
-        pred = self.task.structure_masks(logits.argmax(dim=1))
-        target = self.task.structure_masks(labels)
+    def update(self, logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> None:
+        """``valid``: bool [B,h,w] of the pixels that count (``None``: all)."""
+        pred = self.task.structure_masks(restrict(logits.argmax(dim=1), valid))
+        target = self.task.structure_masks(restrict(labels, valid))
         self.dice.update(pred, target)
         self.iou.update(pred, target)
 
@@ -46,10 +51,20 @@ class StructureMetrics(nn.Module):
         self.iou.reset()
 
 
-def per_image_dice(pred: Tensor, labels: Tensor, task: Task) -> Tensor:
-    """Hard Dice per image and structure [B, S] from class-index maps; Dice(empty, empty) = 1."""
-    p = task.structure_masks(pred).bool()
-    t = task.structure_masks(labels).bool()
+def restrict(masks: Tensor, valid: Tensor | None) -> Tensor:
+    """Class-index maps [B,h,w] set to background (0) where ``valid`` is False (padding); ``None``: unchanged."""
+    if valid is None:
+        return masks
+    if valid.shape != masks.shape:
+        raise ValueError(f"valid must have the masks' shape {tuple(masks.shape)}, got {tuple(valid.shape)}")
+    return torch.where(valid.bool(), masks, torch.zeros_like(masks))
+
+
+def per_image_dice(pred: Tensor, labels: Tensor, task: Task, valid: Tensor | None = None) -> Tensor:
+    """Hard Dice per image and structure [B, S] from class-index maps; Dice(empty, empty) = 1. ``valid`` (bool
+    [B,h,w]): only these pixels count (padding excluded)."""
+    p = task.structure_masks(restrict(pred, valid)).bool()
+    t = task.structure_masks(restrict(labels, valid)).bool()
     inter = (p & t).sum((2, 3)).double()
     denom = (p.sum((2, 3)) + t.sum((2, 3))).double()
     return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)).float()

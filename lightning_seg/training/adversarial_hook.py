@@ -32,8 +32,9 @@ from lightning_seg.attacks.pgd import default_alpha
 from lightning_seg.attacks.synthesis import TRANSFORM_KEYS, random_synthesis
 from lightning_seg.attacks.targets import make_target
 from lightning_seg.config import AdvTrainConfig
+from lightning_seg.evaluation.inference import run_attack
 
-PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm")
+PGD_FAMILY = ("pgd", "segpgd", "cospgd", "fgsm", "apgd")
 # Deliberate deviations of the training adversary from the synthesis defaults (conf/attack/synthesis.yaml): it is
 # cheaper (3 bisection steps; the gradient steps are adv_train.steps), draws a fresh random start per batch (seed
 # None), asks for a larger Dice drop so that the examples are hard, and has no noise component: adversarial noise is an
@@ -56,9 +57,11 @@ class AdversarialTrainingHook:
             params.setdefault("eps", eps)
             if attack != "fgsm":
                 params.setdefault("steps", steps)
-                params.setdefault("alpha", alpha if alpha is not None else default_alpha(eps, steps))
+                if attack != "apgd" or alpha is not None:  # APGD adapts its own step from 2 eps
+                    params.setdefault("alpha", alpha if alpha is not None else default_alpha(eps, steps))
                 params.setdefault("random_start", True)
-            params.setdefault("seed", None)  # a fixed seed would reuse one random start for every batch
+            if attack != "apgd":  # APGD takes a generator (None: the global RNG), not a seed
+                params.setdefault("seed", None)  # a fixed seed would reuse one random start for every batch
         self.name, self.ratio, self.target = attack, ratio, target
         self.bias: SynthesisConfig | None = None  # random_bias: the budgets of the random bias field
         if attack == "random_synthesis":
@@ -72,12 +75,19 @@ class AdversarialTrainingHook:
                 params["eps_bias"] = 0.0  # the adversary gets no bias component
         self.attack = build_named_attack(attack, None, **params)
 
-    def __call__(self, net: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def __call__(self, net: nn.Module, images: Tensor, labels: Tensor,
+                 valid: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
         """(mixed images, their labels, cost): the first ``ratio`` share of the batch is replaced; labels change only
-        for transforms that deform the anatomy (synthesis), which are trained against the deformed labels."""
+        for transforms that deform the anatomy (synthesis), which are trained against the deformed labels.
+
+        ``valid`` (bool [B,H,W] at the input resolution, False on the padding of ``data.resize=pad``): additive
+        attacks never change padded pixels and ignore them in their loss
+        (:func:`lightning_seg.evaluation.inference.run_attack`); after a synthesis transform, which moves the whole
+        canvas, the padded pixels are reset to their clean value (the training loss ignores them anyway)."""
         n = max(1, round(self.ratio * images.shape[0]))
         start = time.perf_counter()
         x, y = images[:n], labels[:n]
+        v = None if valid is None else valid[:n].to(torch.bool)
         if self.attack is None:  # random_synthesis: no forward pass
             adv, adv_labels = _random_transform(self.synthesis, x, y)
             forwards = 0.0
@@ -86,11 +96,13 @@ class AdversarialTrainingHook:
                 if self.target == "other_image" and n < 2:
                     return images, labels, {"adv_seconds": 0.0, "adv_images": 0.0}
                 y = make_target(self.target, y)
-            result = self.attack(net, x, y)
+            result = run_attack(self.attack, net, x, y, v)
             adv, adv_labels = result.adv, result.extras.get("adv_labels", labels[:n])
             if self.bias is not None:  # appearance only (no deformation, no second noise draw): labels unchanged
                 adv = _random_transform(self.bias, adv, adv_labels, eps_morph=0.0, noise_std=0.0)[0]
             forwards = result.forwards / n
+        if v is not None:  # a no-op for additive attacks; synthesis and the random bias field change the padding
+            adv = torch.where(v.unsqueeze(1), adv, x)
         mixed = torch.cat([adv.detach(), images[n:]]) if n < images.shape[0] else adv.detach()
         mixed_labels = torch.cat([adv_labels, labels[n:]]) if n < labels.shape[0] else adv_labels
         return mixed, mixed_labels, {"adv_seconds": time.perf_counter() - start, "adv_images": float(n),

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_seg.config import ConfigError
+from lightning_seg.models import describe_model
 from lightning_seg.training.module import SegmentationModule
 
 CONFIG_KEY = "lightning_seg_config"
@@ -41,27 +42,51 @@ class CheckpointError(ConfigError):
 
 def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The contents of a ``fit`` checkpoint, loaded without executing code; :class:`CheckpointError` otherwise."""
+    ckpt = torch_load(path, map_location)
+    if not is_own_checkpoint(ckpt):
+        lightning = isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt
+        found = "a Lightning checkpoint of another project" if lightning else "no state_dict / hyper_parameters"
+        raise CheckpointError(f"not a lightning_seg checkpoint: {path} ({found}: a checkpoint written by `python -m "
+                              f"lightning_seg fit` is expected; weights trained elsewhere: run.weights=<file> for "
+                              f"validate/test/attack, run.init_from=<file> for fit/adv-train, with the model on the "
+                              f"command line)")
+    return ckpt
+
+
+def is_own_checkpoint(ckpt: Any) -> bool:
+    """Whether a loaded object is a checkpoint of this project (a SegmentationModule's: its model and task hparams)."""
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return False
+    hparams = ckpt.get("hyper_parameters")
+    return isinstance(hparams, dict) and "model" in hparams and "task" in hparams
+
+
+def torch_load(path: str | Path, map_location: str | torch.device = "cpu", *, what: str = "lightning_seg checkpoint",
+               hint: str | None = None, legacy: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure as one :class:`CheckpointError` line: ``not a
+    <what>: ...`` for files that are not (whole) torch.save archives, ``refused: ...`` (plus ``hint``) for pickled
+    objects other than tensors and plain containers. ``legacy``: also read torch.save's pre-zip format."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"not a lightning_seg checkpoint: {path} (no such file)")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; text, images, legacy pickles are not
+        raise CheckpointError(f"not a {what}: {path} (no such file)")
+    if not legacy and not zipfile.is_zipfile(path):  # torch.save writes a zip archive; text, images, legacy pickles are not
         with path.open("rb") as f:
             started_as_zip = f.read(2) == b"PK"  # the archive's directory, at its end, is missing: cut short
         reason = "truncated or corrupt: incomplete archive" if started_as_zip else "not a file written by torch.save"
-        raise CheckpointError(f"not a lightning_seg checkpoint: {path} ({reason})")
+        raise CheckpointError(f"not a {what}: {path} ({reason})")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # weights_only=True passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD overrides only calls that leave it out
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refused: {path} holds objects other than tensors and plain containers "
-                              f"({_unpickler_reason(str(e))})") from None
+                              f"({_unpickler_reason(str(e))})" + (f"; {hint}" if hint else "")) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        reason = f"truncated or corrupt: {first}" if _holds_pickle(path) else "a zip archive not written by torch.save"
-        raise CheckpointError(f"not a lightning_seg checkpoint: {path} ({reason})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"not a lightning_seg checkpoint: {path} (no state_dict / hyper_parameters: a checkpoint "
-                              "written by `python -m lightning_seg fit` is expected)")
-    return ckpt
+        if legacy:
+            reason = f"truncated or corrupt: {first}"
+        else:
+            reason = f"truncated or corrupt: {first}" if _holds_pickle(path) else "a zip archive not written by torch.save"
+        raise CheckpointError(f"not a {what}: {path} ({reason})") from None
 
 
 def _holds_pickle(path: Path) -> bool:
@@ -94,8 +119,8 @@ def load_weights(module: SegmentationModule, ckpt: dict[str, Any], path: str | P
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        stored = ckpt["hyper_parameters"].get("model")
-        requested = module.hparams.get("model")
+        stored = describe_model(ckpt["hyper_parameters"].get("model"))
+        requested = describe_model(module.hparams.get("model"))
         detail = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{path} holds model {stored} but the run asks for model {requested}; use the "
                               f"checkpoint's model settings ({detail})") from None

@@ -78,16 +78,20 @@ class SegmentationModule(pl.LightningModule):
         images, labels = batch["image"], batch["mask"]
         logits = self(images)
         labels = self.align(logits, labels)
-        loss = self.criterion(logits, labels)
-        self.metrics_for(stage).update(logits.detach(), labels)
+        # padding of data.resize=pad (valid False) counts neither in the loss nor in the metrics
+        valid = batch.get("valid")
+        valid = None if valid is None else self.align(logits, valid)
+        loss = self.criterion(logits, labels, valid)
+        self.metrics_for(stage).update(logits.detach(), labels, valid)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train", batch_size=images.shape[0])
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.adv_hook is not None:
             labels = self.crop_labels(batch["image"], batch["mask"])
-            # bare net: no DDP hooks in the attack; labels change only for deforming attacks (synthesis)
-            images, labels, cost = self.adv_hook(self.net, batch["image"], labels)
+            # bare net: no DDP hooks in the attack; labels change only for deforming attacks (synthesis); the padding
+            # of data.resize=pad is never perturbed and does not count in the attack's loss
+            images, labels, cost = self.adv_hook(self.net, batch["image"], labels, valid=batch.get("valid"))
             batch = {**batch, "image": images, "mask": labels}
             n = batch["image"].shape[0]
             self.log("train/adv_seconds", cost["adv_seconds"], on_step=False, on_epoch=True, reduce_fx="sum", batch_size=n)
@@ -122,16 +126,13 @@ class SegmentationModule(pl.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
-        cfg = self.optim_config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.scheduler == "none":
-            return optimizer
-        if cfg.scheduler != "cosine":
-            raise ValueError(f"optim.scheduler={cfg.scheduler!r}: use 'cosine' or 'none'")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(cfg.warmup_fraction * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """``optim.name`` (default AdamW) and ``optim.scheduler`` (default the step-wise warm-up cosine) of the
+        ``optim`` section; see lightning_seg/training/optim.py."""
+        from lightning_seg.training.optim import build_optimizer, build_scheduler
+
+        optimizer = build_optimizer(self.parameters(), self.optim_config)
+        scheduler = build_scheduler(optimizer, self.optim_config, self.trainer)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -7,18 +7,25 @@ sampler splits ranks without padding evaluation sets, so multi-process metrics e
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
 
-from lightning_seg.config import to_plain
+from lightning_seg.config import FORCED_TRAINER_ARGS, ConfigError, _first_line, _show, check_arguments, to_plain
 from lightning_seg.datamodules import SegmentationDataModule, build_datamodule
+from lightning_seg.io import write_text
 from lightning_seg.training.module import SegmentationModule
 
 
@@ -50,17 +57,88 @@ def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
 
 def _run_id(run_dir: Path) -> str:
     """The W&B run id of a run folder: derived from its path, so every rank (also ranks started independently
-    by torchrun / srun) and a resumed run get the same id without coordination."""
+    by torchrun / srun) and a resumed run get the same id without coordination. A run folder that already holds a
+    W&B run (``wandb/[offline-]run-<time>-<id>``) keeps that id, also after the folder was moved or copied."""
+    earlier = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("run-", 1)[1])
+    if earlier:
+        return earlier[-1].name.rsplit("-", 1)[1]
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, command: str) -> Any:
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer, continuing a resumed run's ``metrics.csv`` instead of deleting it.
+
+    Lightning's writer removes an existing metrics.csv when it is created. This one keeps it untouched until the
+    first rows of the resumed run are saved (so a resume that fails before training changes nothing), then drops
+    the rows logged at or after the resumed checkpoint's step (they are logged again) and appends the new ones.
+    Lightning logs every row with the step of the batches already stepped, so the rows a checkpoint already
+    covers are exactly those with ``step < `` its ``_batches_that_stepped``."""
+
+    def __init__(self, log_dir: str, keep_before_step: int) -> None:
+        self.keep_before_step = keep_before_step
+        self._history_loaded = False
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv
+        pass
+
+    def save(self) -> None:
+        if self.metrics and not self._history_loaded:
+            self._load_history()
+        super().save()
+
+    def _load_history(self) -> None:
+        import csv
+        import io
+
+        self._history_loaded = True
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if _row_step(row) < self.keep_before_step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, text.getvalue())
+        self.metrics_keys = header  # new keys then rewrite the header (Lightning's own path); the rows are appended
+
+
+def _row_step(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("-inf")  # a row without a readable step is kept
+
+
+class ResumedCSVLogger(CSVLogger):
+    """:class:`CSVLogger` whose writer continues the run's metrics.csv from a checkpoint's step (see _HistoryWriter)."""
+
+    def __init__(self, *args: Any, keep_before_step: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_before_step = keep_before_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, self.keep_before_step)
+        return self._experiment
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, command: str, resume_step: int | None = None) -> Any:
+    """The run's logger; ``resume_step`` (the resumed checkpoint's step) continues its history: the CSV rows before
+    that step are kept and the new ones appended; W&B resumes the run folder's run id."""
     kind = cfg.logger.name
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
+        if resume_step is not None:
+            return ResumedCSVLogger(save_dir=str(run_dir), name="", version="csv", keep_before_step=resume_step)
         return CSVLogger(save_dir=str(run_dir), name="", version="csv")
     if kind != "wandb":
         raise ValueError(f"logger.name={kind!r}: use wandb, csv or none")
@@ -84,34 +162,104 @@ def build_logger(cfg: DictConfig, run_dir: Path, command: str) -> Any:
     )
 
 
+# name (snake_case, as in a config) -> lightning.pytorch.callbacks class name, besides the classes' own names
+CALLBACK_ALIASES = {"lr_monitor": "LearningRateMonitor", "swa": "StochasticWeightAveraging"}
+# base classes and callbacks built from Python callables: nothing a config entry can use
+_NOT_CONFIGURABLE = {"Callback", "Checkpoint", "ProgressBar", "BaseFinetuning", "BasePredictionWriter", "LambdaCallback"}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def lightning_callbacks() -> dict[str, type[Callback]]:
+    """snake_case name -> every callback class of ``lightning.pytorch.callbacks`` (early_stopping, model_checkpoint,
+    stochastic_weight_averaging, learning_rate_monitor, ...)."""
+    from lightning.pytorch import callbacks as module
+
+    classes = {_snake(n): getattr(module, n) for n in module.__all__ if n not in _NOT_CONFIGURABLE}
+    out = {n: c for n, c in classes.items() if isinstance(c, type) and issubclass(c, Callback)}
+    return {**out, **{alias: getattr(module, target) for alias, target in CALLBACK_ALIASES.items()}}
+
+
+def callback_class(spec: str, where: str) -> type[Callback]:
+    """The class a ``callbacks`` entry names: a Lightning callback by snake_case name (``early_stopping``, or its class
+    name ``EarlyStopping``), or ``package.module:Class`` (a subclass of ``lightning.pytorch.callbacks.Callback``)."""
+    from lightning_seg.training.optim import import_target
+
+    known = lightning_callbacks()
+    normalised = {n.replace("_", ""): c for n, c in known.items()}
+    if spec.replace("_", "").lower() in normalised:
+        return normalised[spec.replace("_", "").lower()]
+    if ":" not in spec and "." not in spec.strip("."):
+        close = difflib.get_close_matches(spec, list(known), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}: unknown callback {spec!r}.{hint} Use a lightning.pytorch.callbacks class "
+                          f"({', '.join(sorted(known))}) or target: package.module:Class")
+    try:
+        cls = import_target(spec)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Callback)):
+        raise ConfigError(f"{where}: {spec} is not a Lightning callback (a subclass of lightning.pytorch.callbacks.Callback)")
+    return cls
+
+
+def config_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of the config's ``callbacks`` section, in its order (each entry: ``target`` = the class, by
+    default the entry's name; the other keys = its arguments; a null entry is dropped). :func:`build_trainer` adds them
+    to every Trainer (fit, validate, test); a bad entry is one ConfigError line (checked when the config is composed)."""
+    out: list[Callback] = []
+    for key, entry in to_plain(cfg.callbacks).items():
+        where = f"callbacks.{key}"
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}={_show(entry)} is not valid: use a mapping of the callback's arguments "
+                              "(target: package.module:Class for a class of your own), or null to drop it")
+        params = dict(entry)
+        target = params.pop("target", key)
+        if not isinstance(target, str):
+            raise ConfigError(f"{where}.target={_show(target)} is not valid: use a callback name or package.module:Class")
+        cls = callback_class(target, where)
+        missing = check_arguments(where, cls, params)
+        if missing:
+            raise ConfigError(f"{where} ({cls.__name__}) needs {', '.join(f'{where}.{n}=...' for n in missing)}")
+        try:
+            out.append(cls(**params))
+        except Exception as e:  # noqa: BLE001 - a user's class may raise anything: one line naming the entry
+            raise ConfigError(f"{where} ({cls.__name__}): {_first_line(e)}") from None
+    return out
+
+
+def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` section as ``lightning.pytorch.Trainer`` keyword arguments: the typed keys and any other
+    Trainer argument given (``trainer.fast_dev_run``, ``trainer.max_steps``, ...), passed through; the model summary
+    off unless ``trainer.enable_model_summary=true``; the forced arguments (FORCED_TRAINER_ARGS) at their values."""
+    kwargs: dict[str, Any] = {"enable_model_summary": False, **to_plain(cfg.trainer)}
+    kwargs.update({name: value for name, (value, _) in FORCED_TRAINER_ARGS.items()})
+    return kwargs
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], logger: Any) -> pl.Trainer:
+    """Every command's Trainer: ``trainer`` section (:func:`trainer_arguments`), the command's ``callbacks`` and then
+    the config's (:func:`config_callbacks`), the command's logger, the run folder. ``inference_mode=False``: attacks
+    need input gradients during validate and test; ``use_distributed_sampler=False``: the datamodules split ranks
+    themselves; checkpointing is on exactly when a ModelCheckpoint is among the callbacks (fit)."""
     t = cfg.trainer
     if t.sync_batchnorm and t.accelerator == "cpu":
         raise ValueError("trainer.sync_batchnorm=true only works on GPUs: set trainer.sync_batchnorm=false for CPU runs")
-    return pl.Trainer(
-        default_root_dir=str(run_dir),
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        max_epochs=t.max_epochs,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        log_every_n_steps=t.log_every_n_steps,
-        sync_batchnorm=t.sync_batchnorm,
-        gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.deterministic,
-        callbacks=callbacks,
-        logger=logger,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # no default checkpoints in validate/test
-        inference_mode=False,  # attacks need input gradients in validate/test (see the module docstring)
-        use_distributed_sampler=False,  # datamodules.sampling.EpochSampler splits ranks itself
-        enable_model_summary=False,
-    )
+    callbacks = [*callbacks, *config_callbacks(cfg)]
+    try:
+        return pl.Trainer(
+            **trainer_arguments(cfg),
+            default_root_dir=str(run_dir),
+            callbacks=callbacks,
+            logger=logger,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # no default checkpoints in validate/test
+        )
+    except (MisconfigurationException, TypeError, ValueError) as e:  # a combination the Trainer itself refuses
+        raise ConfigError(f"trainer: {_first_line(e)}") from None
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -10,12 +10,16 @@ can compare a decoded mask with :func:`fake_lesion` / :func:`fake_disc_cup` exac
 * disc/cup: index map {0 bg, 1 rim, 2 cup}; the centre pixel is cup, ``rim_pixel`` is rim,
   the corner (0, 0) is background.
 
+``size=`` writes real-size trees instead (``ISIC2018_SIZE``, ``REFUGE_SIZE``): photograph-like JPEG content
+(:func:`fake_photo`; noise would compress and decode unlike a photograph) and lesion masks anti-aliased on 1-pixel
+rings (:func:`fake_lesion_ring_grey`; the relative bands above would be wide enough at 1000 px to read as a label).
+
 ``corrupt_*`` / ``write_*`` helpers inject each kind of bad file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +59,49 @@ def fake_size(i: int) -> tuple[int, int]:
     return 32 + 2 * (i % 4), 48 + 4 * (i % 3)
 
 
+#: (H, W) about that of ISIC 2018 Task 1 photographs (1022 x 767 and similar; the real sizes vary per file).
+ISIC2018_SIZE = (750, 1000)
+#: (H, W) of the REFUGE training photographs (Zeiss, 2124 x 2056 W x H): large and non-square.
+REFUGE_SIZE = (2056, 2124)
+
+#: ``size=`` of the writers: one (H, W) for every file, or a function of the file's index.
+Size = tuple[int, int] | Callable[[int], tuple[int, int]] | None
+
+
+def _size_of(size: Size, i: int) -> tuple[int, int]:
+    if size is None:
+        return fake_size(i)
+    return tuple(size(i)) if callable(size) else tuple(size)  # type: ignore[return-value]
+
+
+def fake_photo(h: int, w: int, seed: int) -> np.ndarray:
+    """Photograph-like uint8 HxWx3 content for real-size files: smooth colour variations plus mild grain (a JPEG of it
+    has the size and decoding cost of a photograph, unlike uniform noise)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(40, 210, size=(max(2, h // 64), max(2, w // 64), 3), dtype=np.uint8)
+    smooth = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    grain = rng.integers(-6, 7, size=(h, w, 1), dtype=np.int16)
+    return np.clip(smooth + grain, 0, 255).astype(np.uint8)
+
+
+def fake_lesion_ring_grey(h: int, w: int) -> np.ndarray:
+    """The written ISIC mask of a real-size tree: 0/255 with a 1-pixel anti-aliased ring on each side of the edge
+    (200 inside, 60 outside), so that ``> 127`` recovers :func:`fake_lesion` exactly."""
+    import cv2
+
+    inside = fake_lesion(h, w)
+    k3 = np.ones((3, 3), np.uint8)
+    out = np.where(inside == 1, 255, 0).astype(np.uint8)
+    out[(inside == 1) & (cv2.erode(inside, k3) == 0)] = 200
+    out[(inside == 0) & (cv2.dilate(inside, k3) == 1)] = 60
+    return out
+
+
 def _ellipse_d(h: int, w: int, ry: float, rx: float, dy: float = 0.0, dx: float = 0.0) -> np.ndarray:
     """Normalised squared distance to an ellipse centred at the image centre (+ offset)."""
-    y, x = np.mgrid[0:h, 0:w]
+    y, x = np.ogrid[0:h, 0:w]  # broadcast: the values of a full grid, at a fraction of the cost on real-size images
     cy, cx = (h - 1) / 2 + dy, (w - 1) / 2 + dx
     return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2
 
@@ -147,10 +191,12 @@ def make_isic_tree(
     splits: Iterable[str] | None = None,
     nested: bool = False,
     start: int = 0,
+    size: Size = None,
 ) -> FakeTree:
     """Official ISIC 2016/2017/2018 Task 1 tree. ``nested`` writes every folder as
     ``<name>/<name>/`` (zip extraction). 2017 image folders get ``_superpixels.png`` decoys
-    and a metadata CSV; every other mask is stored as 8-bit RGB with equal channels."""
+    and a metadata CSV; every other mask is stored as 8-bit RGB with equal channels.
+    ``size``: (H, W) of every file (e.g. ``ISIC2018_SIZE``) or a function of the file index; default ``fake_size``."""
     root = Path(root)
     layout = f"isic{year}"
     suffix = "_Segmentation.png" if layout == "isic2016" else "_segmentation.png"
@@ -163,9 +209,9 @@ def make_isic_tree(
         mask_dir = root / mask_name / mask_name if nested else root / mask_name
         for _ in range(n_per_split):
             key = f"ISIC_{i:07d}"
-            h, w = fake_size(i)
-            image = save(img_dir / f"{key}.jpg", fake_image(h, w, i))
-            grey = fake_lesion_grey(h, w)
+            h, w = _size_of(size, i)
+            image = save(img_dir / f"{key}.jpg", fake_image(h, w, i) if size is None else fake_photo(h, w, i))
+            grey = fake_lesion_grey(h, w) if size is None else fake_lesion_ring_grey(h, w)
             mask = save(mask_dir / f"{key}{suffix}", _rgb(grey) if i % 2 else grey)
             if layout == "isic2017":  # decoy: a PNG with the image id that is NOT a mask
                 save(img_dir / f"{key}_superpixels.png", fake_image(h, w, 1000 + i))
@@ -211,16 +257,17 @@ def make_generic_tree(
     return tree
 
 
-def make_refuge_tree(root: str | Path, *, n_per_group: int = 1) -> FakeTree:
-    """REFUGE tree: train g/n images in Glaucoma/Non-Glaucoma, validation V, test T with G/N mask folders."""
+def make_refuge_tree(root: str | Path, *, n_per_group: int = 1, size: Size = None) -> FakeTree:
+    """REFUGE tree: train g/n images in Glaucoma/Non-Glaucoma, validation V, test T with G/N mask folders.
+    ``size``: (H, W) of every file (e.g. ``REFUGE_SIZE``) or a function of the file index; default ``fake_size``."""
     root = Path(root)
     tree = FakeTree(root, "refuge")
     i = 0
 
     def one(key: str, split: str, img_path: Path, mask_path: Path, glaucoma: bool | None) -> None:
         nonlocal i
-        h, w = fake_size(i)
-        image = save(img_path, fake_image(h, w, i))
+        h, w = _size_of(size, i)
+        image = save(img_path, fake_image(h, w, i) if size is None else fake_photo(h, w, i))
         mask = save(mask_path, refuge_grey(fake_disc_cup(h, w)))
         meta = {} if glaucoma is None else {"glaucoma": glaucoma}
         tree.add(key, split, (h, w), image, {"mask": mask}, **meta)
@@ -424,3 +471,17 @@ def write_cup_shifted(cup_path: Path, shape: tuple[int, int], *, width: int, shi
     cup[:, :w] = shifted
     save(Path(cup_path), cup)
     return Path(cup_path)
+
+
+def write_label_mask(path: Path, value: int = 2, fraction: float = 0.05) -> Path:
+    """Rewrite a mask as {0, ``value``}: a centred square of ``value`` on about ``fraction`` of the pixels (a label
+    map saved with another foreground value; the binary rule ``> 127`` would decode it as an empty mask)."""
+    with Image.open(path) as img:
+        h, w = img.height, img.width
+    side = max(1, round((fraction * h * w) ** 0.5))
+    out = np.zeros((h, w), np.uint8)
+    top, left = (h - side) // 2, (w - side) // 2
+    out[top : top + side, left : left + side] = value
+    save(Path(path), out)
+    return Path(path)
+
