@@ -26,6 +26,15 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds) // 60} min {int(seconds) % 60:02d} s"
 
 
+def _success_pct(asma: dict[str, str]) -> float:
+    """Success in percent (``success_pct``; summaries written before the units change hold ``success_rate``)."""
+    return float(asma["success_pct"]) if "success_pct" in asma else 100 * float(asma["success_rate"])
+
+
+def _rms_x255(asma: dict[str, str]) -> float:
+    return float(asma["rms_x255_mean"]) if "rms_x255_mean" in asma else 255 * float(asma["rms_mean"])
+
+
 def row(out: Path, name: str, settings: str, times: tuple[int, int] | None) -> str:
     fit = json.loads((out / "fit" / name / "results.json").read_text())
     with open(out / "attack" / name / "summary.csv", newline="") as f:
@@ -34,8 +43,8 @@ def row(out: Path, name: str, settings: str, times: tuple[int, int] | None) -> s
     params = sum(p.numel() for p in module.net.parameters()) / 1e6
     wall = f"{_minutes(times[0])} + {_minutes(times[1])}" if times else "?"
     return (f"| {TITLES.get(name, name)} | `{settings}` | {params:.2f} M | {fit['best_val_dice']:.3f} | "
-            f"{float(asma['clean_dice_lesion_mean']):.3f} | {100 * float(asma['success_rate']):.0f} % | "
-            f"{255 * float(asma['rms_mean']):.2f} | {float(asma['iterations_mean']):.0f} | "
+            f"{float(asma['clean_dice_lesion_mean']):.3f} | {_success_pct(asma):.0f} % | "
+            f"{_rms_x255(asma):.2f} | {float(asma['iterations_mean']):.0f} | "
             f"{float(asma['seconds']):.0f} s | {wall} |")
 
 

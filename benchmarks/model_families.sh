@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Model families on the embedded ISIC default (issue 14, criterion 6): train each network with the default `fit` (data,
-# optimiser, schedule, EPOCHS epochs), then attack its best checkpoint with ASMA at the project defaults (32 validation
-# images, each pushed toward another image's mask), and print the README's table.
+# optimiser, the 20-epoch schedule unless overridden), then attack its best checkpoint with ASMA at the project
+# defaults (32 validation images, each pushed toward another image's mask), and print the README's table.
 #
 #   bash benchmarks/model_families.sh [OUT] [extra overrides for every fit, e.g. trainer.max_epochs=10]
 #
 # One run at a time; wall times (fit, attack) go to OUT/times.tsv and the table to OUT/table.md
 # (benchmarks/model_families.py). ONLY="unet monai_unet" runs a subset; a family whose attack run exists is skipped.
+# Cost: about 20 min for the four on the 2-core reference machine when idle (2 torch threads); the README's table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/runs/model_families}"

@@ -63,7 +63,8 @@ class AdversarialValidation(Callback):
         self.metric.update(values)
         if batch_idx == 0 and trainer.is_global_zero:
             n = self.log_images
-            self._media = {"adv": result.adv[:n].cpu(), "pred": result.pred[:n].cpu(), "labels": labels[:n].cpu(),
+            self._media = {"images": images[:n].detach().cpu(), "adv": result.adv[:n].cpu(), "pred": result.pred[:n].cpu(),
+                           "labels": labels[:n].cpu(),
                            "values": {k: v[:n].cpu() for k, v in values.items()}, "keys": list(batch.get("key", []))[:n]}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -98,7 +99,8 @@ def _log_media(trainer: pl.Trainer, stage: str, attack: str, media: dict[str, An
     loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
     if not loggers:
         return
-    panels, (cols, data) = panel_media(task, attack, media), media_table(media)
+    # table: input and adversarial image columns with overlays named by the task's classes, then the values
+    panels, (cols, data) = panel_media(task, attack, media), media_table(media, task)
     for logger in loggers:
         logger.log_image(key=f"{stage}/panels", step=trainer.global_step, **panels)
         logger.log_table(key=f"{stage}/per_image", columns=cols, data=data, step=trainer.global_step)

@@ -67,7 +67,7 @@ class Source:
 class RecordLoader:
     """``Source.load`` of folder data: record ``i`` from the decode cache, or decoded and passed through the
     pipeline's first step (``reduce_pair``; the same arrays either way) and cached. Plain data: a set-up datamodule
-    pickles for DDP spawn (a memory cache without its entries, see ``datamodules/cache.py``)."""
+    pickles for DDP spawn (a memory cache through shared memory, see ``datamodules/cache.py``)."""
 
     records: Sequence[Any]  # datamodules.layouts.PairRecord
     task: str
@@ -231,8 +231,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.source is None:
             self._build()
             self._announce()
-        else:
-            self._refill_cache()
         needed = dict(self._required)
         for split in STAGE_SPLITS.get(stage or "", ()):
             if split == "val" and stage == "fit" and getattr(self.trainer, "limit_val_batches", None) == 0:
@@ -350,6 +348,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise DataError(f"No usable image/mask pairs under {root} (layout {found.layout}).")
         self.found_layout, self.skipped = found.layout, sorted(bad)
         loader = RecordLoader(records, self.task.name, self.soft_threshold, self.image_size, self.resize, loader.cache)
+        if loader.cache is not None:
+            loader.cache.freeze([r.key for r in records])
         return Source([r.key for r in records], loader, [r.split for r in records])
 
     def _new_cache(self, n_pairs: int) -> Any:
@@ -368,9 +368,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.cache_mode == "memory":
             need, have = n_pairs * pair_bytes(self.image_size), physical_memory()
             if have and need > MEMORY_LIMIT_FRACTION * have:
-                warnings.warn(f"data.cache=memory would hold up to {need / 2**30:.1f} GiB ({n_pairs} pairs at "
+                warnings.warn(f"data.cache=memory would hold up to {need / 2**20:,.1f} MiB ({n_pairs} pairs at "
                               f"{self.image_size} px), more than {MEMORY_LIMIT_FRACTION:.0%} of this machine's "
-                              f"{have / 2**30:.0f} GiB: running without a decode cache (every epoch decodes every "
+                              f"{have / 2**20:,.0f} MiB: running without a decode cache (every epoch decodes every "
                               "file); use data.cache=disk", stacklevel=3)
                 return None
             return MemoryCache()
@@ -379,21 +379,6 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _cache_in_use(self) -> str:
         cache = getattr(self.source.load, "cache", None) if self.source is not None else None
         return cache.mode if cache is not None else "none"
-
-    def _refill_cache(self) -> None:
-        """A memory cache pickled with the datamodule (DDP spawn) arrives empty: refill it with one decode per pair,
-        the setup check's (a pair that fails it now changed since the check in the launching process)."""
-        from lightning_seg.datamodules.layouts import DataError, check_records, format_problems
-
-        loader = self.source.load if self.source is not None else None
-        cache = getattr(loader, "cache", None)
-        if cache is None or not cache.restored:
-            return
-        problems = check_records(cache.pending(loader.records), loader.task, soft_threshold=loader.soft_threshold,
-                                 keep=loader.keep)
-        if problems:
-            raise DataError(format_problems(problems, root=Path(self.root).expanduser()))
-        cache.restored = False
 
     def _split_folder(self, source: Source) -> dict[str, list[int]]:
         """Random split: ``round(fraction * n)`` pairs for val and test, but at least one each (fraction > 0) while
@@ -450,10 +435,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             n = len(dataset)
             raise DataError(f"the {split} split of {self.name} holds {n} image{'' if n == 1 else 's'}, fewer than the "
                             f"{world} processes that share it: add images or use trainer.devices=1")
-        if self.num_workers > 0 and self._cache_in_use() == "memory" and torch.multiprocessing.get_start_method() != "fork":
-            warnings.warn(f"data.cache=memory is not shared with DataLoader workers started by "
-                          f"{torch.multiprocessing.get_start_method()!r} (only forked workers share it): each worker "
-                          "decodes the files again; use data.cache=disk", stacklevel=2)
         sampler = EpochSampler(len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
         return DataLoader(
             dataset,

@@ -7,12 +7,13 @@ passed through the pipeline's first step (``transforms.resize_step``: the ``stre
 returns the array unchanged, so a cached sample is bit-identical to an uncached one (augmentations, padding and the
 ``valid`` map included); the original (H, W) is stored with it for ``orig_size``.
 
-* ``memory`` (default): ``{key: (image, mask, original size)}`` in the process that set the data up, 4 bytes per
-  input pixel (3 image + 1 mask: 36 KiB per pair at 96 px, 256 KiB at 256 px; ``pad`` stores only the image region).
-  The arrays are read-only; DataLoader workers forked from that process read them copy-on-write, without copying.
-  A pickled cache (DDP spawn) leaves its entries behind and the spawned process refills it in ``setup``. Above a
-  quarter of the physical memory the datamodule warns and runs without a cache.
-* ``disk``: one ``.npz`` per pair under ``<cache_dir>/<settings>/``; the settings folder names the task, resize mode,
+* ``memory`` (default): every pair in one flat uint8 tensor of the process that set the data up, 4 bytes per input
+  pixel (3 image + 1 mask: 36 KiB per pair at 96 px, 256 KiB at 256 px; ``pad`` stores only the image region).
+  Forked DataLoader workers read it copy-on-write; spawned processes (DDP spawn, spawn / forkserver workers) get it
+  through shared memory (:class:`MemoryCache`). The arrays handed out are read-only views. Above a quarter of the
+  physical memory the datamodule warns and runs without a cache.
+* ``disk``: one ``.pair`` file per pair under ``<cache_dir>/<settings>/`` (a 24-byte header, then the raw image and
+  mask bytes: read with one ``read``, no decoding); the settings folder names the task, resize mode,
   image size and soft threshold and hashes the decoding code (``layouts/reading.py``, ``transforms.py``, this file)
   and the decoder versions; the file name hashes the pair's paths and each file's (size, mtime, ctime, inode), so a
   changed file misses and is decoded, checked and written again (its stale entry is removed). An entry is written only
@@ -29,16 +30,19 @@ import json
 import os
 import threading
 import warnings
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 CACHE_MODES = ("none", "memory", "disk")
 #: Bumped when the entry format changes (part of the settings folder's hash).
 FORMAT = 1
+#: Disk entries: magic, then 4 int32, then the bytes.
+MAGIC = b"LSPAIR1\0"
+HEADER = len(MAGIC) + 16
 #: Share of the physical memory above which ``memory`` falls back to no cache (with a warning).
 MEMORY_LIMIT_FRACTION = 0.25
 
@@ -90,35 +94,66 @@ def default_cache_dir() -> Path:
 
 
 class MemoryCache:
-    """Pairs kept in this process's memory, by record key."""
+    """Pairs kept in this process's memory. The setup check fills ``entries``; :meth:`freeze` then moves them into one
+    flat uint8 tensor (``block``) and an index, which every kind of worker process shares instead of copying:
+
+    * forked DataLoader workers (Linux's default) read it copy-on-write (one object, no per-array refcount pages);
+    * processes started by ``spawn`` / ``forkserver`` (DDP spawn ranks, their DataLoader workers, macOS, Python >= 3.14)
+      receive the datamodule through ``multiprocessing``'s pickler, which moves the tensor into shared memory once and
+      sends a handle: no copy of the arrays through the pipe and no second decode. (A plain ``pickle.dumps`` copies.)
+    """
 
     mode = "memory"
 
     def __init__(self) -> None:
-        self.entries: dict[str, Decoded] = {}
-        self.restored = False  # unpickled (DDP spawn): empty until ``setup`` refills it
+        self.entries: dict[str, Decoded] = {}  # before freeze(), and pairs loaded later in this process
+        self.block: torch.Tensor | None = None  # uint8: image (h*w*3) then mask (h*w) of every pair, back to back
+        self.index: dict[str, tuple[int, int, int, int, int]] = {}  # key -> (offset, h, w, original H, original W)
 
     def pending(self, records: Iterable[Any]) -> list[Any]:
-        """The records not cached yet (all of them at first setup)."""
-        return [r for r in records if r.key not in self.entries]
+        """The records not cached yet (all of them at setup)."""
+        return [r for r in records if r.key not in self.entries and r.key not in self.index]
 
     def get(self, record: Any) -> Decoded | None:
-        return self.entries.get(record.key)
+        slot = self.index.get(record.key)
+        if slot is None:
+            return self.entries.get(record.key)
+        offset, h, w, orig_h, orig_w = slot
+        # a fresh view every time (1 us): multiprocessing's pickler moves the block into shared memory on its first
+        # trip to a spawned process, which frees the old buffer, so a view kept from before would dangle
+        flat = self.block.numpy()  # type: ignore[union-attr]
+        n = h * w * 3
+        image = flat[offset : offset + n].reshape(h, w, 3)
+        mask = flat[offset + n : offset + n + h * w].reshape(h, w)
+        image.flags.writeable = mask.flags.writeable = False
+        return Decoded(image, mask, (orig_h, orig_w))
 
     def put(self, record: Any, decoded: Decoded) -> None:
         self.entries[record.key] = decoded
 
+    def freeze(self, keys: Iterable[str]) -> None:
+        """Move the entries of ``keys`` (the pairs that passed the check) into ``block``; drop the others."""
+        keep = [(k, self.entries[k]) for k in keys if k in self.entries]
+        total = sum(d.image.nbytes + d.mask.nbytes for _, d in keep)
+        block = torch.empty(total, dtype=torch.uint8)
+        flat, offset = block.numpy(), 0
+        for key, d in keep:
+            h, w = d.mask.shape
+            flat[offset : offset + h * w * 3] = d.image.reshape(-1)
+            flat[offset + h * w * 3 : offset + h * w * 4] = d.mask.reshape(-1)
+            self.index[key] = (offset, h, w, *d.orig_size)
+            offset += h * w * 4
+        self.block, self.entries = block, {}
+
     @property
     def nbytes(self) -> int:
-        return sum(d.image.nbytes + d.mask.nbytes for d in self.entries.values())
-
-    def __getstate__(self) -> dict[str, Any]:
-        # a spawned process refills in setup instead of receiving a copy of every array through a pipe
-        return {"entries": {}, "restored": True}
+        return (self.block.numel() if self.block is not None else 0) + sum(
+            d.image.nbytes + d.mask.nbytes for d in self.entries.values())
 
 
 class DiskCache:
-    """Pairs stored as ``<folder>/<paths hash>-<file stats hash>.npz`` (see the module docstring)."""
+    """Pairs stored as ``<folder>/<paths hash>-<file stats hash>.pair`` (see the module docstring): ``MAGIC``, then
+    (h, w, original H, original W) as little-endian int32, then the image (h*w*3) and mask (h*w) bytes."""
 
     mode = "disk"
 
@@ -127,14 +162,18 @@ class DiskCache:
         self.names: dict[str, str] = {}  # record key -> entry file name, computed at setup
         self.stale: dict[str, list[str]] = {}  # record key -> entries of older versions of its files
         self.writable = True
-        self.restored = False  # never needs a refill: the names travel with it, the entries stay on disk
 
     def pending(self, records: Sequence[Any]) -> list[Any]:
         """The records without a valid entry: their files are new or changed since the entry was written."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            present = os.listdir(self.folder)
+        except OSError as err:
+            self._unwritable(err)
+            return list(records)
         by_prefix: dict[str, list[str]] = {}
-        for name in os.listdir(self.folder):
-            if name.endswith(".npz"):
+        for name in present:
+            if name.endswith(".pair"):
                 by_prefix.setdefault(name.split("-", 1)[0], []).append(name)
         out = []
         for r in records:
@@ -150,34 +189,51 @@ class DiskCache:
                 out.append(r)
         return out
 
+    def freeze(self, keys: Iterable[str]) -> None:
+        """Nothing to do: the entries are files (the names travel with a pickled cache)."""
+
     def get(self, record: Any) -> Decoded | None:
         name = self.names.get(record.key)
         if name is None:
             return None
         try:
-            with np.load(self.folder / name) as z:
-                image, mask, orig = z["image"], z["mask"], z["orig_size"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # removed or damaged: decode again
+            data = (self.folder / name).read_bytes()
+        except OSError:  # removed since setup: decode again
             return None
-        image.flags.writeable = mask.flags.writeable = False
-        return Decoded(image, mask, (int(orig[0]), int(orig[1])))
+        if len(data) < HEADER or data[: len(MAGIC)] != MAGIC:
+            return None  # damaged: decode again
+        h, w, orig_h, orig_w = (int(v) for v in np.frombuffer(data, "<i4", 4, len(MAGIC)))
+        if len(data) != HEADER + 4 * h * w:
+            return None
+        image = np.frombuffer(data, np.uint8, 3 * h * w, HEADER).reshape(h, w, 3)  # read-only views of the bytes
+        mask = np.frombuffer(data, np.uint8, h * w, HEADER + 3 * h * w).reshape(h, w)
+        return Decoded(image, mask, (orig_h, orig_w))
 
     def put(self, record: Any, decoded: Decoded) -> None:
         if not self.writable:
             return
+        tmp = None
         try:
             name = self.names.get(record.key) or entry_name(record)
             self.names[record.key] = name
             tmp = self.folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+            h, w = decoded.mask.shape
+            header = MAGIC + np.asarray([h, w, *decoded.orig_size], "<i4").tobytes()
             with open(tmp, "wb") as f:
-                np.savez(f, image=decoded.image, mask=decoded.mask, orig_size=np.asarray(decoded.orig_size, np.int64))
+                f.write(header + decoded.image.tobytes() + decoded.mask.tobytes())
             os.replace(tmp, self.folder / name)  # atomic: concurrent ranks writing the same entry are safe
             for old in self.stale.pop(record.key, []):
                 (self.folder / old).unlink(missing_ok=True)
         except OSError as err:  # disk full, read-only folder: keep going without writing
-            self.writable = False
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            self._unwritable(err)
+
+    def _unwritable(self, err: OSError) -> None:
+        if self.writable:
             warnings.warn(f"data.cache=disk: cannot write to {self.folder} ({err}); continuing without writing "
-                          "cache entries (set data.cache_dir to a writable folder)", stacklevel=2)
+                          "cache entries (set data.cache_dir to a writable folder)", stacklevel=3)
+        self.writable = False
 
 
 def _stat(path: Path) -> list[int]:
@@ -186,11 +242,11 @@ def _stat(path: Path) -> list[int]:
 
 
 def entry_name(record: Any) -> str:
-    """``<hash of the layout, key and file paths>-<hash of the files' size, mtime, ctime and inode>.npz``."""
+    """``<hash of the layout, key and file paths>-<hash of the files' size, mtime, ctime and inode>.pair``."""
     files = [("image", record.image), *sorted(record.masks.items())]
     where = json.dumps([record.layout, record.key, [(role, os.path.abspath(p)) for role, p in files]])
     stats = json.dumps([_stat(Path(p)) for _, p in files])
-    return f"{hashlib.sha1(where.encode()).hexdigest()[:24]}-{hashlib.sha1(stats.encode()).hexdigest()[:16]}.npz"
+    return f"{hashlib.sha1(where.encode()).hexdigest()[:24]}-{hashlib.sha1(stats.encode()).hexdigest()[:16]}.pair"
 
 
 def code_version() -> str:

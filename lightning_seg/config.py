@@ -54,7 +54,7 @@ class DataConfig:
     skip_bad: bool = False  # drop bad image/mask pairs with a warning instead of failing
     soft_threshold: str = "majority"  # Drishti-GS soft maps: majority | all | any
     # folder data: keep each pair decoded once, already resized (datamodules/cache.py; bit-identical samples).
-    # memory: in RAM, 4 bytes per input pixel (36 KiB per pair at 96 px) | disk: .npz files under cache_dir, kept
+    # memory: in RAM, 4 bytes per input pixel (36 KiB per pair at 96 px) | disk: one file per pair under cache_dir, kept
     # between runs (a second run skips the decode), invalidated when a file changes | none: decode every access
     cache: str = "memory"
     cache_dir: Optional[str] = None  # data.cache=disk: its folder (default: ~/.cache/lightning_seg/decoded)
@@ -140,6 +140,13 @@ class LoggerConfig:
     mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    # W&B run group; default (null): one group per study = "<data.name>/<folder of the trained run>": a fit /
+    # adv-train run's own folder, and for validate / test / attack the folder of the checkpoint's run (run.ckpt), so a
+    # model and every evaluation of it share a group (run.weights: the weights file's name)
+    group: Optional[str] = None
+    # fit / adv-train: log best.ckpt and last.ckpt as versions of the W&B artifact "model-<run id>" (type model, aliases
+    # best / last); validate / test / attack declare the checkpoint they read as input of that artifact (lineage)
+    log_checkpoints: bool = True
 
 
 @dataclass

@@ -8,6 +8,7 @@ names fail early with the closest registered names, so a typo on the command lin
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -60,3 +61,26 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_target(spec: str) -> Any:
+    """The object ``package.module:name`` (also ``package.module.name``; the name may be a dotted attribute path)
+    names, for user-supplied builders (models, optimisers, schedulers, callbacks); ValueError in one line otherwise."""
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep:
+        module_name, _, attr = str(spec).rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{spec!r} is not of the form package.module:name")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - a user's module may fail to import in any way
+        raise ValueError(f"cannot import {module_name} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                         "is it installed or on PYTHONPATH?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = {n.lower(): n for n in dir(obj) if not n.startswith("_")}
+            close = difflib.get_close_matches(part.lower(), list(names), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(repr(names[c]) for c in close)}?" if close else ""
+            raise ValueError(f"{getattr(obj, '__name__', module_name)} has no attribute {part!r}.{hint}")
+        obj = getattr(obj, part)
+    return obj

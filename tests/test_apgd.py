@@ -423,4 +423,4 @@ def test_attack_command_runs_sea_and_sweeps_it(tmp_path):
 
     rows = list(csv.DictReader((Path(result["run_dir"]) / "per_image.csv").open()))
     assert len(rows) == 4 and all(r["winner"] in ("balanced_ce", "masked_ce", "js") for r in rows)
-    assert [(r["attack"], r["eps_255"]) for r in result["robustness"] if r["attack"] != "clean"] == [("sea", 4.0)]
+    assert [(r["attack"], r["eps_x255"]) for r in result["robustness"] if r["attack"] != "clean"] == [("sea", 4.0)]

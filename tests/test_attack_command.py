@@ -61,14 +61,15 @@ def test_table1_run_folder(trained):
     assert len(rows) == 16 and {r["method"] for r in rows} == {"ssm", "asm", "asma", "dag"}
     for r in rows:
         assert r["image"] != r["reference"]  # targets come from another image (the paper's protocol)
-        assert 0 <= float(r["iou"]) <= 1 and float(r["l2"]) >= 0 and float(r["linf"]) <= 1
+        assert 0 <= float(r["iou"]) <= 1 and float(r["l2"]) >= 0 and float(r["linf_x255"]) <= 255
     assert json.loads((run / "per_image.json").read_text()) and (run / "summary.csv").is_file()
     table = (run / "summary.md").read_text()
-    assert "| method | reference | L2 | Linf | IoU | pixel acc." in table
+    assert "| method | reference | L2 ([0,1] units) | Linf (x255) | IoU [0,1] | pixel acc. [0,1] | success (%) |" in table
+    assert "robust Dice lesion vs GT [0,1]" in table
     for name in ("ssm", "asm", "asma", "dag"):
         assert f"| {name} | target |" in table
         assert (run / "panels" / f"{name}_000.png").is_file()
-    assert "| method | rel. area change | compactness clean / adv | asymmetry score clean / adv |" in table
+    assert "| method | rel. area change (ratio) | compactness clean / adv | asymmetry score clean / adv |" in table
     assert all("clin_rel_area_change" in r and "clin_compactness_adv" in r for r in rows)
     summary = {s["method"]: s for s in json.loads((run / "results.json").read_text())["summary"]}
     assert summary["asma"]["forwards_per_image"] <= 16  # one forward per iteration (+1 final), early-stopped images stop
@@ -103,10 +104,10 @@ def test_robustness_sweep_over_two_checkpoints(trained, tmp_path: Path):
     run = Path(result["run_dir"])
     rows = list(csv.DictReader((run / "robustness.csv").open()))
     assert len(rows) == 2 * (1 + 2 * 2)  # checkpoints x (clean + {pgd, segpgd} x 2 budgets)
-    assert {float(r["eps_255"]) for r in rows} == {0.0, 2.0, 8.0}
+    assert {float(r["eps_x255"]) for r in rows} == {0.0, 2.0, 8.0}
     for ckpt in {r["checkpoint"] for r in rows}:
         clean = next(float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean")
-        strongest = [float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and float(r["eps_255"]) == 8.0]
+        strongest = [float(r["dice"]) for r in rows if r["checkpoint"] == ckpt and float(r["eps_x255"]) == 8.0]
         assert max(strongest) <= clean + 1e-6  # sanity: an attack never helps
     assert all(r["check"] == "" for r in rows)  # Dice falls with the budget on every curve
     assert (run / "robustness.png").stat().st_size > 10_000 and "Robustness" in (run / "summary.md").read_text()
@@ -136,23 +137,23 @@ def test_glaucoma_attack_reports_vcdr_and_screening_flips(tmp_path: Path):
                  "attack_eval.num_images=4", f"run.ckpt={fitted['last_checkpoint']}"]
     result = attack(compose_for("attack", overrides))
     table = (Path(result["run_dir"]) / "summary.md").read_text()
-    assert ("| method | vCDR gt / clean / adv | screening flips at 0.6 / 0.7 | target masks' flips at 0.6 / 0.7 | "
-            "normal->suspect of clean-normal at 0.6 / 0.7 | same for the target masks | mean abs dvCDR |") in table
+    assert ("| method | vCDR gt / clean / adv | screening flips (%) at 0.6 / 0.7 | target masks' flips (%) at 0.6 / 0.7 | "
+            "normal->suspect of clean-normal (%) at 0.6 / 0.7 | same for the target masks (%) | mean abs dvCDR |") in table
     rows = list(csv.DictReader((Path(result["run_dir"]) / "per_image.csv").open()))
     assert all(0.0 <= float(r["clin_vcdr_gt"]) <= 1.0 for r in rows) and "clin_n2s@0.6" in rows[0]
     summary = result["summary"][0]
-    assert summary["clin_flip@0.6"] == pytest.approx(summary["clin_n2s@0.6"] + summary["clin_s2n@0.6"])
-    assert 0.0 <= summary["clin_target_flip@0.6"] <= 1.0 and "clin_target_n2s_of_normal@0.7" in summary
+    assert summary["clin_flip_pct@0.6"] == pytest.approx(summary["clin_n2s_pct@0.6"] + summary["clin_s2n_pct@0.6"])
+    assert 0.0 <= summary["clin_target_flip_pct@0.6"] <= 100.0 and "clin_target_n2s_of_normal_pct@0.7" in summary
 
 
 def test_robustness_rows_flag_dice_rising_with_the_budget():
     from lightning_seg.evaluation.robustness import flag_monotone, robustness_table
 
     def row(attack, eps, dice):
-        return {"checkpoint": "a/best", "attack": attack, "eps": eps, "eps_255": eps * 255, "dice_lesion": dice, "dice": dice, "iou": dice}
+        return {"checkpoint": "a/best", "attack": attack, "eps_x255": eps * 255, "dice_lesion": dice, "dice": dice, "iou": dice}
 
     rows = flag_monotone([row("clean", 0.0, 0.9), row("pgd", 8 / 255, 0.5), row("pgd", 2 / 255, 0.6), row("pgd", 4 / 255, 0.7)])
-    checks = {round(r["eps_255"]): r["check"] for r in rows if r["attack"] == "pgd"}
+    checks = {round(r["eps_x255"]): r["check"] for r in rows if r["attack"] == "pgd"}
     assert checks[2] == "" and checks[8] == ""
     assert checks[4].startswith("WARN: Dice rises from 0.600 at eps 2/255 to 0.700")
     assert "| WARN: Dice rises" in robustness_table(rows)

@@ -107,6 +107,15 @@ def _pairs(box: Sandbox, n: int) -> Path:
     return root
 
 
+def _monai_weights(box: Sandbox) -> Path:
+    """A state dict saved by plain PyTorch code from a MONAI UNet (the command asks for the built-in U-Net)."""
+    from monai.networks.nets import UNet
+
+    path = box.file("monai_unet.pt")
+    torch.save(UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8), strides=(2,)).state_dict(), path)
+    return path
+
+
 def _ckpt_file(write: Callable[[Sandbox, Path], None], name: str, *command: str) -> Callable[[Sandbox], list[str]]:
     def prepare(box: Sandbox) -> list[str]:
         path = box.file(name)
@@ -197,6 +206,8 @@ CASES = [
     Case("trainer-arg", "a misspelt Trainer argument", _argv("fit", "trainer.fast_dev_rn=true")),
     Case("forced-trainer-arg", "a Trainer argument attacks need fixed", _argv("fit", "trainer.inference_mode=true")),
     Case("unknown-optimiser", "an unknown optimiser", _argv("fit", "optim.name=adamm")),
+    Case("trainer-rejects", "Trainer arguments Lightning itself rejects together with the project's",
+         _argv("fit", "trainer.barebones=true")),
     Case("eval-model-override", "a model override when evaluating a checkpoint",
          lambda box: ["validate", f"run.ckpt={box.fit_run()}", "model.width=8"]),
     # -- checkpoints: never unpickled, checked before a run folder exists
@@ -210,6 +221,8 @@ CASES = [
          _ckpt_file(_pickled, "evil.ckpt", "attack")),
     Case("ckpt-architecture", "fine-tuning from a checkpoint of another architecture",
          lambda box: ["fit", f"run.init_from={box.fit_run()}", "model.width=8"]),
+    Case("weights-mismatch", "weights of another network given with run.weights",
+         lambda box: ["validate", f"run.weights={_monai_weights(box)}"]),
     # -- resume: the same run or nothing
     Case("resume-other-data", "resuming with another data set", _resume_with("data=glaucoma")),
     Case("resume-other-model", "resuming with another model width", _resume_with("model.width=8")),

@@ -118,6 +118,16 @@ def test_ddp_divergence_is_one_line(tiny, tmp_path: Path, capsys) -> None:
     assert main(["fit", *tiny(**{"trainer": "ddp_cpu", "trainer.max_epochs": 4, "optim.lr": 1e9})]) == 2
     assert _error_line(capsys).startswith("error: training diverged: non-finite")
     _assert_finite_checkpoints(tmp_path / "runs")
+    assert list((tmp_path / "runs").rglob("config.yaml"))  # it had started training: its folder is kept
+
+
+@pytest.mark.slow
+def test_a_data_error_in_ddp_workers_is_one_line_and_leaves_no_folder(tiny, tmp_path: Path, capsys) -> None:
+    """A validation split smaller than the number of processes fails in the spawned workers' loaders, before training:
+    reported as one line in the launcher, and the new run folder is removed."""
+    assert main(["fit", *tiny(**{"trainer": "ddp_cpu", "data.num_val": 1})]) == 2
+    assert "val" in _error_line(capsys)
+    assert not list((tmp_path / "runs").rglob("config.yaml"))
 
 
 @pytest.mark.slow

@@ -310,10 +310,10 @@ def test_preview_grid_draws_gt_and_pred_contours():
     assert g.dtype == np.uint8 and g.shape == (64, 3 * 64 + 4, 3)
     tile0 = g[:, :64]
     edge = mask_contour(masks[0] >= 1)
-    assert (tile0[edge] == (0, 255, 0)).all(axis=-1).mean() > 0.5  # disc contour in green
-    assert not (tile0 == (255, 40, 40)).all(-1).any()  # empty prediction -> no red
+    assert (tile0[edge] == (0, 114, 178)).all(axis=-1).mean() > 0.5  # disc contour in Okabe-Ito blue
+    assert not (tile0 == (230, 159, 0)).all(-1).any()  # empty prediction -> no orange
     tile1 = g[:, 66:130]
-    assert (tile1 == (255, 40, 40)).all(-1).any()  # prediction contour in red
+    assert (tile1 == (230, 159, 0)).all(-1).any()  # prediction contour in Okabe-Ito orange
 
 
 def test_preview_grid_accepts_float_chw_tensors():

@@ -13,7 +13,6 @@ This module loads, loops and calls: the scores and files are written by :mod:`li
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +22,15 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lightning_seg.attacks import AttackResult, UniversalAttack, bind_task, build_attack, hide_class_target, is_targeted
 from lightning_seg.attacks.targets import derangement_pairs, make_target
 from lightning_seg.config import ConfigError, defense_section, to_plain
-from lightning_seg.evaluation.attack_report import attack_markdown, method_report, write_attack_results
+from lightning_seg.evaluation.attack_report import UNITS_NOTE, attack_markdown, method_report, write_attack_results
 from lightning_seg.evaluation.defense_report import defense_report, write_defense_report
 from lightning_seg.evaluation.inference import attack_batches, predict
-from lightning_seg.evaluation.robustness import robustness_sweep, write_robustness
+from lightning_seg.evaluation.progress import Progress
+from lightning_seg.evaluation.robustness import flag_monotone, model_curve, robustness_sweep, write_robustness
 from lightning_seg.evaluation.wandb_log import AttackLogger
 from lightning_seg.io import write_text
 from lightning_seg.metrics.segmentation import per_image_dice
@@ -39,6 +38,7 @@ from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.training.checkpoint import load_module
 from lightning_seg.training.module import SegmentationModule
 from lightning_seg.training.trainer import build_datamodule_from, defense_hparams
+from lightning_seg.training.weights import module_from_weights
 from lightning_seg.viz.panels import save_panels
 
 
@@ -57,6 +57,7 @@ class AttackInputs:
     target_keys: list[str]
     valid: Tensor | None = None  # bool [N,H,W]: False on the padding of data.resize=pad (never perturbed nor scored)
     sizes: Tensor | None = None  # long [N,2]: original (H, W), for clinical read-outs in the original aspect ratio
+    weights: dict[str, Any] | None = None  # run.weights: the file of weights trained elsewhere (path, sha256, ...)
 
     @property
     def net(self) -> nn.Module:
@@ -64,11 +65,12 @@ class AttackInputs:
 
 
 def attack(cfg: DictConfig) -> dict[str, Any]:
-    """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run) with every attack in ``cfg.attack``."""
+    """Attack the checkpoint ``run.ckpt`` (default: best of the latest fit run), or the weights trained elsewhere of
+    ``run.weights`` in the config's network, with every attack in ``cfg.attack``."""
     _check_request(cfg)
     # key = the label in reports (e.g. asma_paper); params["name"] = the registered attack. Bad keys fail here, early.
     attacks = {key: build_attack(params.pop("name", key), **params) for key, params in to_plain(cfg.attack).items()}
-    ckpt = resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
+    ckpt = None if cfg.run.weights else resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
     pl.seed_everything(cfg.seed, verbose=False)
     inputs = _load_inputs(cfg, ckpt, attacks)  # before the run folder: a request that cannot run leaves no folder behind
     run_dir = new_run_dir(cfg.run.output_dir, "attack", cfg.data.name, cfg.run.name)
@@ -85,34 +87,38 @@ def _check_request(cfg: DictConfig) -> None:
                           "(attack_eval.eps_sweep=[1/255,4/255])")
 
 
-def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path, inputs: AttackInputs, run_dir: Path) -> dict[str, Any]:
+def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path | None, inputs: AttackInputs,
+            run_dir: Path) -> dict[str, Any]:
     ev = cfg.attack_eval
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    logger = AttackLogger(cfg, run_dir)
+    logger = AttackLogger(cfg, run_dir, ckpt)  # W&B: the study's group, the checkpoint artifact as input
     done = _Done()
+    n_images = len(inputs.images)
     n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
-    n_batches = math.ceil(len(inputs.images) / ev.batch_size)
-    progress = tqdm(total=(len(attacks) + n_sweep) * n_batches, desc="attack", unit="batch", disable=None)
-    try:
+    try:  # one progress bar (off a terminal: a log line at least every 30 s) per attack, defense report and sweep
         for name, atk in attacks.items():
-            _attack_one(cfg, name, atk, inputs, run_dir, progress, logger, done)
+            with Progress(f"attack {name}", n_images) as progress:
+                _attack_one(cfg, name, atk, inputs, run_dir, progress, logger, done)
         if ev.defenses:
-            done.defense = _defense_report(cfg, ckpt, inputs, attacks, done.adversarial, run_dir, logger)
+            with Progress("defense report", 0, unit="phase") as progress:
+                done.defense = _defense_report(cfg, ckpt, inputs, attacks, done.adversarial, run_dir, logger, progress)
         if ev.eps_sweep:
-            done.robustness = _sweep(cfg, ckpt, inputs, run_dir, progress, logger)
+            with Progress("robustness sweep", n_sweep * n_images) as progress:
+                done.robustness = _sweep(cfg, ckpt, inputs, run_dir, progress, logger)
         not_run: list[str] = []
     except KeyboardInterrupt:  # keep what finished: its rows and summary, marked partial
         not_run = [k for k in attacks if k not in done.panels]
         not_run += [part for part, asked, got in (("defense report", ev.defenses, done.defense),
                                                   ("robustness sweep", ev.eps_sweep, done.robustness)) if asked and not got]
-    progress.close()
-    result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt),
-              "table": attack_markdown(done.summaries, done.robustness, done.defense), "summary": done.summaries,
+    result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None}
+    if inputs.weights:
+        result["weights"] = inputs.weights
+    result |= {"table": attack_markdown(done.summaries, done.robustness, done.defense), "summary": done.summaries,
               "panels": {k: [str(p) for p in v] for k, v in done.panels.items()}, "robustness": done.robustness,
               "defense": done.defense}
     result |= {"data": inputs.datamodule.describe(), "num_images": len(inputs.images)}
-    header = (f"Checkpoint `{ckpt}`, {cfg.data.name} ({cfg.data.source}), {len(inputs.images)} {ev.split} images, "
-              f"targets: {ev.target}. L2 is unnormalised over the whole [0,1] input; mean +- std over images.")
+    header = (f"{_source(ckpt, inputs)}, {cfg.data.name} ({cfg.data.source}), {len(inputs.images)} {ev.split} images, "
+              f"targets: {ev.target}. {UNITS_NOTE}")
     if not_run:
         result |= {"partial": True, "not_run": not_run}
         header = f"**Partial: interrupted; not run: {', '.join(not_run)}.** {header}"
@@ -145,20 +151,28 @@ def _attack_one(cfg: DictConfig, name: str, atk: Any, inputs: AttackInputs, run_
     if not isinstance(atk, UniversalAttack):
         done.adversarial[name] = adv
     iou = torch.cat([r.iou for r in results])
-    panels = save_panels(name, adv, adv_pred, iou, inputs.images, reference, ev.panels, run_dir, inputs.keys)
-    logger.method(name, adv, adv_pred, reference, ev.panels)
+    targeted = is_targeted(atk)
+    panels = save_panels(name, adv, adv_pred, iou, inputs.images, reference, ev.panels, run_dir, inputs.keys,
+                         labels=inputs.labels, clean_pred=inputs.clean_pred, targeted=targeted, task=inputs.module.task)
+    logger.method(name, adv, adv_pred, reference, ev.panels, images=inputs.images, labels=inputs.labels,
+                  clean_pred=inputs.clean_pred, keys=inputs.keys, values={"iou": iou}, targeted=targeted)
     done.rows += method_rows
     done.summaries.append(summary)
     done.panels[name] = panels  # last: an attack counts as done once all of it is kept
 
 
-def _load_inputs(cfg: DictConfig, ckpt: Path, attacks: dict[str, Any] | None = None) -> AttackInputs:
-    """The checkpoint (behind ``cfg.defense``: the checkpoint's unless overridden), the images, masks and targets."""
+def _load_inputs(cfg: DictConfig, ckpt: Path | None, attacks: dict[str, Any] | None = None) -> AttackInputs:
+    """The checkpoint (behind ``cfg.defense``: the checkpoint's unless overridden; ``ckpt`` None: the config's network
+    with the weights of ``run.weights``), the images, masks and targets."""
     ev = cfg.attack_eval
-    module = load_module(str(ckpt), defense=defense_hparams(cfg))
-    if module.task.name != cfg.data.task:
-        raise ConfigError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task="
-                          f"{cfg.data.task!r}: use data.task={module.task.name} (or leave it at the checkpoint's)")
+    weights = None
+    if ckpt is None:
+        module, weights = module_from_weights(cfg)
+    else:
+        module = load_module(str(ckpt), defense=defense_hparams(cfg))
+        if module.task.name != cfg.data.task:
+            raise ConfigError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task="
+                              f"{cfg.data.task!r}: use data.task={module.task.name} (or leave it at the checkpoint's)")
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
     module.net.eval().to(device)
     dm = build_datamodule_from(cfg)
@@ -175,7 +189,15 @@ def _load_inputs(cfg: DictConfig, ckpt: Path, attacks: dict[str, Any] | None = N
     labels = module.crop_labels(images, labels)
     targets, target_keys = _targets(labels if ev.target_base == "label" else clean_pred, keys, ev, device)
     clean_dice = per_image_dice(clean_pred, labels, module.task)
-    return AttackInputs(module, dm, images, labels, keys, clean_pred, clean_dice, targets, target_keys, valid, sizes)
+    return AttackInputs(module, dm, images, labels, keys, clean_pred, clean_dice, targets, target_keys, valid, sizes,
+                        weights)
+
+
+def _source(ckpt: Path | None, inputs: AttackInputs) -> str:
+    """What was attacked, for report headers: the checkpoint, or the weights file and its digest."""
+    if ckpt is not None or not inputs.weights:
+        return f"Checkpoint `{ckpt}`"
+    return f"Weights `{inputs.weights['path']}` (sha256 {inputs.weights['sha256'][:12]})"
 
 
 def _needs_image_targets(attacks: dict[str, Any]) -> list[str]:
@@ -240,20 +262,25 @@ def _score(name: str, atk: Any, results: list[AttackResult], reference: Tensor, 
                          sizes=inputs.sizes, valid=inputs.valid)
 
 
-def _sweep(cfg: DictConfig, ckpt: Path, inputs: AttackInputs, run_dir: Path, progress: Any,
+def _sweep(cfg: DictConfig, ckpt: Path | None, inputs: AttackInputs, run_dir: Path, progress: Any,
            logger: AttackLogger) -> list[dict[str, Any]]:
-    """The robustness curve of ``attack_eval.checkpoints`` (default: the attacked checkpoint)."""
+    """The robustness curve of ``attack_eval.checkpoints`` (default: the attacked checkpoint or weights)."""
     ev = cfg.attack_eval
-    checkpoints = [resolve_checkpoint(c, cfg.run.output_dir) for c in ev.checkpoints] or [ckpt]
-    rows = robustness_sweep(checkpoints, inputs.images, inputs.labels, eps_values=list(ev.eps_sweep),
-                            attacks=list(ev.sweep_attacks), steps=ev.sweep_steps, batch_size=ev.batch_size,
-                            sections=to_plain(cfg.attack), progress=progress, valid=inputs.valid)
+    options = {"eps_values": list(ev.eps_sweep), "attacks": list(ev.sweep_attacks), "steps": ev.sweep_steps,
+               "batch_size": ev.batch_size, "sections": to_plain(cfg.attack), "progress": progress, "valid": inputs.valid}
+    if ev.checkpoints or ckpt is not None:
+        checkpoints = [resolve_checkpoint(c, cfg.run.output_dir) for c in ev.checkpoints] or [ckpt]
+        rows = robustness_sweep(checkpoints, inputs.images, inputs.labels, **options)
+    else:  # weights trained elsewhere: no checkpoint to load by path, the attacked module itself
+        rows = flag_monotone(model_curve(inputs.module, Path(cfg.run.weights), inputs.images, inputs.labels,
+                                         clean_pred=inputs.clean_pred, **options))
     logger.robustness(rows, write_robustness(run_dir, rows))
     return rows
 
 
-def _defense_report(cfg: DictConfig, ckpt: Path, inputs: AttackInputs, attacks: dict[str, Any],
-                    adversarial: dict[str, Tensor], run_dir: Path, logger: AttackLogger) -> dict[str, Any]:
+def _defense_report(cfg: DictConfig, ckpt: Path | None, inputs: AttackInputs, attacks: dict[str, Any],
+                    adversarial: dict[str, Tensor], run_dir: Path, logger: AttackLogger,
+                    progress: Any = None) -> dict[str, Any]:
     """Each defense of ``attack_eval.defenses`` in front of the checkpoint's bare network."""
     ev = cfg.attack_eval
     bare = inputs.module.base_net
@@ -263,8 +290,8 @@ def _defense_report(cfg: DictConfig, ckpt: Path, inputs: AttackInputs, attacks: 
     report = defense_report(bare, {name: defense_section(name) for name in ev.defenses}, per_image, inputs.images,
                             inputs.labels, inputs.targets, inputs.module.task, batch_size=ev.batch_size,
                             eps_sweep=list(ev.eps_sweep), sweep_steps=ev.sweep_steps, oblivious=oblivious,
-                            sections=to_plain(cfg.attack), valid=inputs.valid)
-    write_defense_report(run_dir, report, f"Checkpoint `{ckpt}`, {len(inputs.images)} {ev.split} images")
+                            sections=to_plain(cfg.attack), valid=inputs.valid, progress=progress)
+    write_defense_report(run_dir, report, f"{_source(ckpt, inputs)}, {len(inputs.images)} {ev.split} images")
     logger.table("attack/defense", report["rows"])
     return report
 

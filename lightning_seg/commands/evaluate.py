@@ -13,7 +13,6 @@ from lightning_seg.config import ConfigError
 from lightning_seg.io import write_json, write_text
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.training.checkpoint import load_module
-from lightning_seg.training.weights import module_from_weights
 from lightning_seg.training.trainer import (
     adversarial_callbacks,
     build_datamodule_from,
@@ -22,7 +21,10 @@ from lightning_seg.training.trainer import (
     defense_hparams,
     finish_logger,
     scalar_metrics,
+    use_checkpoint_artifact,
+    wandb_run,
 )
+from lightning_seg.training.weights import module_from_weights
 
 
 def evaluate(cfg: DictConfig, stage: str = "validate") -> dict[str, Any]:
@@ -59,6 +61,7 @@ def _evaluate(cfg: DictConfig, stage: str, module: Any, ckpt: Path | None, run_d
     trainer = build_trainer(cfg, run_dir, callbacks=adversarial_callbacks(cfg), logger=logger)
     if trainer.is_global_zero:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        use_checkpoint_artifact(wandb_run(logger), cfg, ckpt)  # W&B lineage: this run reads the fit run's model
     run = trainer.validate if stage == "validate" else trainer.test
     # weights_only=True: Lightning re-loads the checkpoint; it holds only plain containers and tensors. Weights trained
     # elsewhere are in the module already (Lightning would not read their file).

@@ -27,8 +27,11 @@ from lightning_seg.training.trainer import (
     build_module,
     build_trainer,
     finish_logger,
+    log_checkpoint_artifacts,
     scalar_metrics,
+    wandb_run,
 )
+from lightning_seg.training.weights import load_initial_weights
 
 
 def fit(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None, command: str = "fit") -> dict[str, Any]:
@@ -47,8 +50,10 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None, comma
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule_from(cfg)
     module = build_module(cfg)
-    if resume_ckpt or init:
-        load_weights(module, safe_load(resume_ckpt or init), resume_ckpt or init)  # resume: Lightning loads it again
+    if resume_ckpt:
+        load_weights(module, safe_load(resume_ckpt), resume_ckpt)  # resume: Lightning loads it again
+    elif init:  # a lightning_seg checkpoint, or weights trained elsewhere for the configured network
+        load_initial_weights(module, init, cfg.run.weights_prefix)
     _check_world_size(cfg)
     # Lightning creates the loggers' files before it sets the data up: bad data must fail before the run folder
     if cfg.trainer.limit_val_batches == 0:  # no validation: only the train split is read
@@ -66,19 +71,23 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Callback] | None = None, comma
             return _fit(cfg, datamodule, module, run_dir, plan, [started, *(extra_callbacks or [])], command)
     except BaseException:
         # a new run that failed (or was interrupted) before its first training step leaves no folder behind
-        if run_dir != (plan.run_dir if plan else None) and not started.flag and _is_launcher():
+        began = started.flag or (run_dir / "checkpoints").is_dir()  # the flag of a spawned worker stays there
+        if run_dir != (plan.run_dir if plan else None) and not began and _is_launcher():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
 class _TrainingStarted(Callback):
-    """Whether training reached its first step (before it, a failed run's folder holds nothing worth keeping)."""
+    """Whether training reached its first step (before it, a failed run's folder holds nothing worth keeping). Spawned
+    DDP workers say so through the run folder: they create its checkpoints/ folder when training starts."""
 
     def __init__(self) -> None:
         self.flag = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.flag = True
+        if trainer.is_global_zero:
+            (Path(trainer.default_root_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
 def _is_launcher() -> bool:
@@ -165,6 +174,8 @@ def _fit(cfg: DictConfig, datamodule: Any, module: Any, run_dir: Path, plan: Res
     }
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", result)
+        # W&B: best / last as versions of the run's model artifact (no collective here: rank 0 only)
+        log_checkpoint_artifacts(wandb_run(logger), cfg, {"best": result["best_checkpoint"], "last": result["last_checkpoint"]})
     finish_logger(logger)
     return result
 

@@ -35,12 +35,13 @@ RESUMES_KEY = "lightning_seg_resumes"  # the run's resume history, stored in eve
 #   same images on 1 CPU or 8 GPUs; what changes is floating-point order and, without sync_batchnorm, the per-process
 #   BatchNorm statistics (sync_batchnorm=true computes them over the global batch, as one process does).
 # - data.num_workers: augmentation is seeded per (seed, epoch, image), identical for any number of workers.
+# - data.cache, data.cache_dir: where decoded pairs are kept; cached samples are bit-identical to decoded ones.
 # - trainer.enable_progress_bar, trainer.log_every_n_steps: display and logging frequency only.
 # - run.*: where runs live and what to resume; not part of the run's config (the stored run section is kept).
 ALLOWED_CHANGES: tuple[str, ...] = (
     "trainer.max_epochs",
     "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes", "trainer.sync_batchnorm",
-    "data.num_workers",
+    "data.num_workers", "data.cache", "data.cache_dir",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps",
 )
 

@@ -1,7 +1,8 @@
 """The ``attack`` command's report: per-image rows and the summary of one attack, the markdown of the run, its files.
 
 Rows and summaries add to Table 1 (:mod:`lightning_seg.evaluation.table1`) the clinical read-outs of the clean and
-adversarial predictions (``clin_*``) and, for the synthesis attack, its realism records (``synth_*``).
+adversarial predictions (``clin_*``) and, for the synthesis attack, its realism records (``synth_*``). Units: those of
+:mod:`lightning_seg.evaluation.units` (shares of images as ``*_pct`` in percent).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from lightning_seg.attacks import AttackResult
 from lightning_seg.attacks.synthesis import synthesis_records, synthesis_summary
+from lightning_seg.evaluation import units
 from lightning_seg.evaluation.clinical import clinical_report, summarize_clinical, target_flip_shares
 from lightning_seg.evaluation.defense_report import report_markdown
 from lightning_seg.evaluation.robustness import robustness_table
@@ -21,6 +23,9 @@ from lightning_seg.evaluation.table1 import clinical_table, per_image_rows, summ
 from lightning_seg.io import write_csv, write_json, write_text
 from lightning_seg.metrics.clinical import CLINICAL_TASK
 from lightning_seg.tasks import Task
+
+UNITS_NOTE = ("Units: L2 unnormalised over the whole input in [0,1] units; Linf and RMS x255 (1/255 steps); success and "
+              "other rates in percent; Dice, IoU and pixel accuracy in [0,1]; mean +- std over images.")
 
 
 def method_report(name: str, targeted: bool, results: list[AttackResult], seconds: float, *, task: Task, keys: list[str],
@@ -39,9 +44,9 @@ def method_report(name: str, targeted: bool, results: list[AttackResult], second
     for i, row in enumerate(rows):
         row.update({f"clin_{k}": float(v[i]) for k, v in clinical.items()} | (synth[i] if synth else {}))
     extra = target_flip_shares(CLINICAL_TASK[task.name], clean_pred, reference, sizes=sizes, valid=valid) if targeted else {}
+    clinical_summary = {f"clin_{k}": float(v) for k, v in (summarize_clinical(clinical) | extra).items()}
     summary = (summarise_method(name, targeted, rows, results, seconds)
-               | {f"clin_{k}": float(v) for k, v in (summarize_clinical(clinical) | extra).items()}
-               | (synthesis_summary(synth) if synth else {}))
+               | units.share_columns(clinical_summary | (synthesis_summary(synth) if synth else {})))
     return rows, summary
 
 
@@ -56,7 +61,7 @@ def attack_markdown(summaries: list[dict[str, Any]], robustness: list[dict[str, 
                   + report_markdown(defense))
     if summaries:
         table += "\n\nClinical read-outs (clean vs adversarial prediction):\n\n" + clinical_table(summaries)
-    if any("synth_within_tol_share" in s for s in summaries):
+    if any("synth_within_tol_pct" in s for s in summaries):
         table += "\n\nSynthesis (Dice vs the equally deformed label):\n\n" + synthesis_table(summaries)
     return table
 
@@ -71,4 +76,4 @@ def write_attack_results(run_dir: Path, result: dict[str, Any], rows: list[dict[
     write_json(run_dir / "results.json", result)
 
 
-__all__ = ["attack_markdown", "method_report", "write_attack_results"]
+__all__ = ["UNITS_NOTE", "attack_markdown", "method_report", "write_attack_results"]

@@ -12,7 +12,8 @@ For an undefended network ``f`` and each defense ``g`` (a ``conf/defense/*.yaml`
 Per row (means over images): clean Dice / IoU without and with the defense and the benign loss
 ``IoU(f(x)) - IoU(f(g(x)))``; defense efficiency = IoU of the defended prediction on the adversarial images against the
 ground truth (the FR code's measure) and the Dice of the same; for targeted attacks the IoU of the defended prediction
-against the target and the success rate; the perturbation's L2 / Linf. Only the adaptive rows support a robustness
+against the target and the success rate (``success_pct``, percent); the perturbation's L2 (``l2``, [0,1] units) and Linf
+(``linf_x255``), units of :mod:`lightning_seg.evaluation.units`. Only the adaptive rows support a robustness
 claim: an oblivious attacker is a weaker threat model, and rounding defenses mask the true gradient.
 
 Sanity checks after Carlini et al. ("On Evaluating Adversarial Robustness", 2019), flagged in the report and used by
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from lightning_seg.attacks import apsr, build_named_attack, default_alpha, is_targeted, per_image_iou
 from lightning_seg.defenses import DefendedModel, defend
+from lightning_seg.evaluation import units
 from lightning_seg.evaluation.inference import attack_batches, predict
 from lightning_seg.evaluation.robustness import NOISE_TOL, check_monotone, robust_sweep
 from lightning_seg.io import write_csv, write_text
@@ -94,15 +96,15 @@ def score_row(defense: str, attack_name: str, threat: str, attack: Any, *, adv: 
         "benign_loss_iou": float((clean_iou - clean_iou_def).mean()),
         "efficiency_iou": float(iou_gt.mean()),  # the FR code's "defense efficiency"
         "dice_gt": float(per_image_dice(pred, labels, task).mean()),
-        "target_iou": None, "success_rate": None,
-        "l2": float(delta.norm(dim=1).mean()), "linf": float(delta.abs().amax(dim=1).mean()),
+        "target_iou": None, units.SUCCESS_PCT: None,
+        units.L2: float(delta.norm(dim=1).mean()), units.LINF: units.x255(float(delta.abs().amax(dim=1).mean())),
     }
     if targeted:
         iou_t = per_image_iou(pred, reference, num_classes=k)
         row["target_iou"] = float(iou_t.mean())
-        row["success_rate"] = float(_success(attack, pred, reference, iou_t).double().mean())
+        row[units.SUCCESS_PCT] = units.pct(float(_success(attack, pred, reference, iou_t).double().mean()))
     else:
-        row["success_rate"] = float(_success(attack, pred, reference, iou_gt).double().mean())
+        row[units.SUCCESS_PCT] = units.pct(float(_success(attack, pred, reference, iou_gt).double().mean()))
     row["check"] = ""
     return row
 
@@ -167,11 +169,21 @@ def defense_report(net: nn.Module, defenses: dict[str, Mapping[str, Any]], attac
     ``defenses``: label -> flat defense section (``lightning_seg.config.defense_section``); ``attacks``: label -> built
     attack (targeted ones aim at ``targets``, untargeted ones at ``labels``); ``oblivious``: adversarial images already
     crafted on ``net`` per attack label (reused, else computed); ``valid``: False on padding (``data.resize=pad``),
-    which no attack perturbs and no prediction scores. Returns ``{"rows": [...], "sanity": [...]}``.
+    which no attack perturbs and no prediction scores; ``progress``: a
+    :class:`~lightning_seg.evaluation.progress.Progress` whose total becomes the report's phases (one per row and per
+    sanity check), advanced as each ends. Returns ``{"rows": [...], "sanity": [...]}``.
     """
     net = net.eval()
     oblivious = dict(oblivious or {})
     models = {name: defend(net, section) for name, section in defenses.items()}  # each defense built once
+    views = {"none": (BASELINE, net)}  # defense -> (threat model, what its first adaptive attacker attacks)
+    for name, model in models.items():
+        label, gradient, _ = threat_models(model)[0]
+        views[name] = (label, adaptive(model, gradient))
+    if progress is not None:  # one phase per row (defense x attack x threat model) and per sanity check
+        per_attack = 1 + sum(1 + len(threat_models(m)) for m in models.values())
+        progress.set_total(len(attacks) * per_attack + len(views))
+    step = (lambda **what: progress.update(1, **what)) if progress is not None else (lambda **what: None)
     clean_pred = predict(net, images, batch_size, valid=valid)
     clean_def = {name: predict(m, images, batch_size, valid=valid) for name, m in models.items()}
     common = {"images": images, "clean_pred": clean_pred, "labels": labels, "task": task}
@@ -179,25 +191,27 @@ def defense_report(net: nn.Module, defenses: dict[str, Mapping[str, Any]], attac
     for attack_name, attack in attacks.items():
         reference = targets if is_targeted(attack) else labels
         if attack_name not in oblivious:
-            oblivious[attack_name] = run_attack(attack, net, images, reference, batch_size, progress, valid)
+            oblivious[attack_name] = run_attack(attack, net, images, reference, batch_size, valid=valid)
         adv = oblivious[attack_name]
         rows.append(score_row("none", attack_name, BASELINE, attack, adv=adv, pred=predict(net, adv, batch_size, valid=valid),
                               clean_pred_defended=clean_pred, reference=reference, **common))
+        step(phase=f"{attack_name} / none")
         for name, model in models.items():  # scored on the deployed model, whoever crafted the images
             scored = {"clean_pred_defended": clean_def[name], "reference": reference, **common}
             rows.append(score_row(name, attack_name, OBLIVIOUS, attack, adv=adv,
                                   pred=predict(model, adv, batch_size, valid=valid), **scored))
+            step(phase=f"{attack_name} / {name} / {OBLIVIOUS}")
             for label, gradient, eot in threat_models(model):
-                adv_a = run_attack(attack, adaptive(model, gradient, eot), images, reference, batch_size, progress, valid)
+                adv_a = run_attack(attack, adaptive(model, gradient, eot), images, reference, batch_size, valid=valid)
                 rows.append(score_row(name, attack_name, label, attack, adv=adv_a,
                                       pred=predict(model, adv_a, batch_size, valid=valid), **scored))
+                step(phase=f"{attack_name} / {name} / {label}")
     check_transfer(rows)
-    views = {"none": (BASELINE, net)}  # defense -> (threat model, what its first adaptive attacker attacks)
-    for name, model in models.items():
-        label, gradient, _ = threat_models(model)[0]
-        views[name] = (label, adaptive(model, gradient))
-    sanity = [sanity_checks(name, threat, attacked, images, labels, task, batch_size, sorted(eps_sweep or []), sweep_steps,
-                            sections, valid) for name, (threat, attacked) in views.items()]
+    sanity = []
+    for name, (threat, attacked) in views.items():
+        sanity.append(sanity_checks(name, threat, attacked, images, labels, task, batch_size, sorted(eps_sweep or []),
+                                    sweep_steps, sections, valid))
+        step(phase=f"sanity {name}")
     return {"rows": rows, "sanity": sanity}
 
 
@@ -208,33 +222,33 @@ def sanity_checks(defense: str, threat: str, attacked: nn.Module, images: Tensor
     points = budget_sweep(attacked, images, labels, task, eps_values, steps, batch_size, sections, valid)
     unbounded = unbounded_dice(attacked, images, labels, task, batch_size, sections, valid=valid)
     problems = check_monotone(points) + check_unbounded(unbounded)
-    return {"defense": defense, "threat_model": threat, "sweep": [{"eps": e, "dice": d} for e, d in points],
+    return {"defense": defense, "threat_model": threat, "sweep": [{units.EPS: units.x255(e), "dice": d} for e, d in points],
             "unbounded_dice": unbounded, "check": "ok" if not problems else "WARN: " + "; ".join(problems)}
 
 
-def _fmt(value: Any, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f}" if pct else f"{value:.3f}"
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def defense_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per (defense, attack, threat model)."""
-    lines = ["| defense | attack | threat model | clean Dice | clean Dice defended | benign loss (IoU) | defense efficiency (IoU vs GT) | "
-             "Dice vs GT | target IoU | success % | L2 | Linf (x255) | check |",
+    lines = [(f"| defense | attack | threat model | clean Dice {units.SCORE} | clean Dice defended {units.SCORE} | "
+              f"benign loss (IoU {units.SCORE}) | defense efficiency (IoU vs GT {units.SCORE}) | Dice vs GT {units.SCORE} | "
+              f"target IoU {units.SCORE} | {units.SUCCESS_HEAD} | {units.L2_HEAD} | {units.LINF_HEAD} | check |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['defense']} | {r['attack']} | {r['threat_model']} | {_fmt(r['clean_dice'])} | {_fmt(r['clean_dice_defended'])} | "
                      f"{_fmt(r['benign_loss_iou'])} | {_fmt(r['efficiency_iou'])} | {_fmt(r['dice_gt'])} | {_fmt(r['target_iou'])} | "
-                     f"{_fmt(r['success_rate'], pct=True)} | {r['l2']:.2f} | {255 * r['linf']:.1f} | {r['check'] or 'ok'} |")
+                     f"{units.fmt_pct(r[units.SUCCESS_PCT])} | {r[units.L2]:.2f} | {r[units.LINF]:.2f} | {r['check'] or 'ok'} |")
     return "\n".join(lines)
 
 
 def sanity_table(sanity: list[dict[str, Any]]) -> str:
     """Markdown: untargeted PGD through each defended model (Dice vs eps) and the unbounded attack."""
-    eps = [p["eps"] for p in sanity[0]["sweep"]] if sanity else []
-    head = " | ".join(f"Dice @ {e * 255:g}/255" for e in eps)
-    lines = [f"| defense | attacker | {head} | Dice, unbounded (eps = {UNBOUNDED_EPS:g}, targeted: erase) | check |",
+    eps = [p[units.EPS] for p in sanity[0]["sweep"]] if sanity else []
+    head = " | ".join(f"Dice {units.SCORE} @ eps {e:g}/255" for e in eps)
+    lines = [(f"| defense | attacker | {head} | Dice {units.SCORE}, unbounded (eps = {units.x255(UNBOUNDED_EPS):g}/255, "
+              "targeted: erase) | check |"),
              "|---|---|" + "---|" * len(eps) + "---|---|"]
     for s in sanity:
         cells = " | ".join(f"{p['dice']:.3f}" for p in s["sweep"])

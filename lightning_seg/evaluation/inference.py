@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.attacks import AttackResult
+from lightning_seg.evaluation.progress import advance
 from lightning_seg.metrics.segmentation import restrict
 from lightning_seg.models import center_crop
 
@@ -71,15 +72,19 @@ def run_attack(attack: Any, net: nn.Module, images: Tensor, reference: Tensor, v
 def attack_batches(attack: Any, net: nn.Module, images: Tensor, reference: Tensor, batch_size: int | None = None,
                    progress: Any = None, valid: Tensor | None = None) -> list[AttackResult]:
     """``attack`` on ``net``, ``batch_size`` images at a time against the matching ``reference`` masks (targets or
-    ground truth); one result per batch. ``progress`` (a tqdm bar) advances by one per batch. ``valid``: see
-    :func:`run_attack`."""
+    ground truth); one result per batch. ``progress``: a :class:`~lightning_seg.evaluation.progress.Progress` advances
+    by the images of each batch, with the success so far as postfix; a plain tqdm bar by one per batch. ``valid``:
+    see :func:`run_attack`."""
     size = batch_size or len(images)
     results = []
     valids = [None] * len(images.split(size)) if valid is None else valid.split(size)
+    succeeded = done = 0
     for x, ref, v in zip(images.split(size), reference.split(size), valids):
         results.append(run_attack(attack, net, x, ref, v))
         if progress is not None:
-            progress.update(1)
+            done += len(x)
+            succeeded += int(results[-1].success.sum())  # one host sync per batch, after the attack
+            advance(progress, len(x), success=f"{succeeded}/{done}")
     return results
 
 

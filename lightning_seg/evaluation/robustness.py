@@ -3,7 +3,8 @@ robustness curve of one or several checkpoints, and its monotonicity check.
 
 :func:`robust_sweep` attacks at each budget and scores per image the robust Dice per structure and the IoU against
 the ground truth; the validation callback, the defense report's sanity checks and the ``attack`` command's
-robustness curve all use it. Curve rows: checkpoint x attack x eps, means over images; eps = 0 is the clean model.
+robustness curve all use it. Curve rows: checkpoint x attack x eps, means over images; eps = 0 is the clean model;
+the budget as ``eps_x255`` (units of :mod:`lightning_seg.evaluation.units`), Dice and IoU in [0,1].
 Written as ``robustness.csv``, ``robustness.md`` and ``robustness.png``.
 """
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.attacks import attack_defaults, bind_task, build_named_attack, default_alpha, per_image_iou
+from lightning_seg.evaluation import units
 from lightning_seg.evaluation.inference import attack_batches, on_grid, predict
 from lightning_seg.io import atomic_write, write_csv, write_text
 from lightning_seg.metrics.segmentation import per_image_dice
@@ -76,16 +78,34 @@ def robustness_sweep(checkpoints: list[Path], images: Tensor, labels: Tensor, *,
     ``valid``: padding neither perturbed nor scored."""
     rows = []
     for ckpt in checkpoints:
-        module = load_module(str(ckpt))
-        net, task = module.net.to(images.device).eval(), module.task
-        y = module.crop_labels(images, labels)
-        clean = predict(net, images, batch_size, valid=valid)
-        rows.append(_row(ckpt, "clean", score_prediction(0.0, clean, y, task, valid), task))
-        for name in attacks:
-            for s in robust_sweep(net, images, y, task, eps_values, steps=steps, attack=name, sections=sections,
-                                  batch_size=batch_size, progress=progress, valid=valid):
-                rows.append(_row(ckpt, name, s, task))
+        rows += model_curve(load_module(str(ckpt)), ckpt, images, labels, eps_values=eps_values, attacks=attacks,
+                            steps=steps, batch_size=batch_size, sections=sections, progress=progress, valid=valid)
     return flag_monotone(rows)
+
+
+def model_curve(module: Any, label: Path, images: Tensor, labels: Tensor, *, eps_values: list[float], attacks: list[str],
+                steps: int, batch_size: int, sections: dict[str, Any] | None = None, progress: Any = None,
+                valid: Tensor | None = None, clean_pred: Tensor | None = None) -> list[dict[str, Any]]:
+    """The curve rows of one loaded model (``label``: its checkpoint or weights file): clean, then each attack per
+    budget; ``clean_pred``: its clean predictions, when already made."""
+    net, task = module.net.to(images.device).eval(), module.task
+    y = module.crop_labels(images, labels)
+    clean = clean_pred if clean_pred is not None else predict(net, images, batch_size, valid=valid)
+    kind = model_kind(module)
+    rows = [_row(label, "clean", score_prediction(0.0, clean, y, task, valid), task, kind)]
+    for name in attacks:
+        for s in robust_sweep(net, images, y, task, eps_values, steps=steps, attack=name, sections=sections,
+                              batch_size=batch_size, progress=progress, valid=valid):
+            rows.append(_row(label, name, s, task, kind))
+    return rows
+
+
+def model_kind(module: Any) -> str:
+    """How the model was trained, for legends: ``fit`` or ``adv-train``, with the defense it is deployed behind."""
+    hparams = getattr(module, "hparams", {})
+    kind = "adv-train" if (hparams.get("adv_train") or {}).get("enabled") else "fit"
+    defense = hparams.get("defense") or {}
+    return f"{kind} + {defense['name']}" if defense.get("name", "none") != "none" else kind
 
 
 def check_monotone(points: list[tuple[float, float]], tol: float = NOISE_TOL) -> list[str]:
@@ -107,18 +127,22 @@ def flag_monotone(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         clean = [r for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean"]
         for attack in dict.fromkeys(r["attack"] for r in rows if r["checkpoint"] == ckpt and r["attack"] != "clean"):
             points = (r for r in rows if r["checkpoint"] == ckpt and r["attack"] == attack)
-            curve = clean + sorted(points, key=lambda r: r["eps"])
+            curve = clean + sorted(points, key=lambda r: r[units.EPS])
             for prev, row in zip(curve, curve[1:]):
-                problems = check_monotone([(prev["eps"], prev["dice"]), (row["eps"], row["dice"])])
+                points = [(prev[units.EPS] / units.X255, prev["dice"]), (row[units.EPS] / units.X255, row["dice"])]
+                problems = check_monotone(points)
                 row["check"] = "WARN: " + "; ".join(problems) if problems else ""
     return rows
 
 
-def _row(ckpt: Path, attack: str, s: RobustScores, task: Task) -> dict[str, Any]:
-    row: dict[str, Any] = {"checkpoint": _label(ckpt), "attack": attack, "eps": s.eps, "eps_255": round(s.eps * 255, 3)}
+def _row(ckpt: Path, attack: str, s: RobustScores, task: Task, model: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"checkpoint": _label(ckpt), "model": model, "attack": attack,
+                           units.EPS: round(units.x255(s.eps), 3), "n_images": int(s.dice.shape[0])}
     for j, name in enumerate(task.structure_names):
         row[f"dice_{name}"] = float(s.dice[:, j].mean())
     row["dice"] = float(s.dice.mean())
+    per_image = s.dice.double().mean(1)  # the spread over images, drawn as a band in the plot
+    row["dice_q25"], row["dice_q75"] = (float(q) for q in torch.quantile(per_image, torch.tensor([0.25, 0.75]).double()))
     row["iou"] = float(s.iou.mean())
     return row
 
@@ -130,11 +154,12 @@ def _label(ckpt: Path) -> str:
 
 def robustness_table(rows: list[dict[str, Any]]) -> str:
     structures = [k for k in rows[0] if k.startswith("dice_")]
-    head = "| checkpoint | attack | eps (x255) | " + " | ".join(f"Dice {s[5:]}" for s in structures) + " | mean Dice | IoU | check |"
+    head = (f"| checkpoint | attack | {units.EPS_HEAD} | " + " | ".join(f"Dice {s[5:]} {units.SCORE}" for s in structures)
+            + f" | mean Dice {units.SCORE} | IoU {units.SCORE} | check |")
     lines = [head, "|" + "---|" * (6 + len(structures))]
     for r in rows:
         cells = " | ".join(f"{r[s]:.3f}" for s in structures)
-        lines.append(f"| {r['checkpoint']} | {r['attack']} | {r['eps_255']:g} | {cells} | {r['dice']:.3f} | {r['iou']:.3f} | "
+        lines.append(f"| {r['checkpoint']} | {r['attack']} | {r[units.EPS]:g} | {cells} | {r['dice']:.3f} | {r['iou']:.3f} | "
                      f"{r.get('check') or 'ok'} |")
     return "\n".join(lines)
 
@@ -147,20 +172,45 @@ def write_robustness(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Mean Dice vs eps, one line per (checkpoint, attack); the clean value is drawn at eps = 0."""
+    """Robust Dice vs eps, one line per (model, attack); the clean value is drawn at eps = 0.
+
+    Lines are named by the model (row ``model``: fit, adv-train, a defense; else the checkpoint label) and the attack;
+    the title gives the image count (row ``n_images``, or ``n``). When the rows carry per-image quartiles
+    (``dice_q25`` / ``dice_q75``) or a bootstrap interval (``dice_lo`` / ``dice_hi``) the spread is drawn as a band
+    around the mean, and named in the legend. Colours and markers: Okabe-Ito, colour-blind safe."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    from lightning_seg.viz.panels import OKABE_ITO
+
+    colours = [c for name, c in OKABE_ITO.items() if name != "black"]
+    markers = "osD^vP*X"
+    band = next(((lo, hi, what) for lo, hi, what in (("dice_q25", "dice_q75", "interquartile range over images"),
+                                                     ("dice_lo", "dice_hi", "bootstrap interval"))
+                 if all(lo in r and hi in r for r in rows)), None)
+    counts = sorted({int(r.get("n_images", r.get("n", 0)) or 0) for r in rows} - {0})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    line = 0
     for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
-        clean = next(r for r in rows if r["checkpoint"] == ckpt and r["attack"] == "clean")
-        for attack in dict.fromkeys(r["attack"] for r in rows if r["attack"] != "clean"):
-            pts = [clean] + [r for r in rows if r["checkpoint"] == ckpt and r["attack"] == attack]
-            ax.plot([r["eps_255"] for r in pts], [r["dice"] for r in pts], marker="o", label=f"{ckpt} / {attack}")
-    ax.set_xlabel("Linf budget eps (x 1/255)")
-    ax.set_ylabel("robust Dice vs ground truth")
+        mine = [r for r in rows if r["checkpoint"] == ckpt]
+        clean = [r for r in mine if r["attack"] == "clean"][:1]
+        name = str(mine[0].get("model") or ckpt)
+        for attack in dict.fromkeys(r["attack"] for r in mine if r["attack"] != "clean"):
+            pts = clean + sorted((r for r in mine if r["attack"] == attack), key=lambda r: _eps_x255(r))
+            x = [_eps_x255(r) for r in pts]
+            colour, marker = colours[line % len(colours)], markers[line % len(markers)]
+            ax.plot(x, [r["dice"] for r in pts], marker=marker, color=colour, label=f"{name} / {attack}")
+            if band:
+                ax.fill_between(x, [r[band[0]] for r in pts], [r[band[1]] for r in pts], color=colour, alpha=0.2, lw=0)
+            line += 1
+    if band:
+        ax.fill_between([], [], [], color="grey", alpha=0.2, lw=0, label=band[2])
+    ax.set_xlabel("Linf budget eps (x255)")
+    ax.set_ylabel("robust Dice vs ground truth (mean) [0,1]")
+    n_text = f"n = {counts[0]} images" if len(counts) == 1 else (f"n = {', '.join(map(str, counts))} images" if counts else "")
+    ax.set_title("Robust Dice under untargeted attacks" + (f" ({n_text})" if n_text else ""), fontsize=10)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -170,6 +220,14 @@ def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)
     return path
+
+
+def _eps_x255(row: dict[str, Any]) -> float:
+    """A curve row's budget in 1/255 steps (``eps_x255``; rows of older runs: ``eps_255`` or ``eps`` in [0,1])."""
+    for key, scale in (("eps_x255", 1.0), ("eps_255", 1.0), ("eps", 255.0)):
+        if row.get(key) is not None:
+            return float(row[key]) * scale
+    raise KeyError("eps_x255")
 
 
 __all__ = ["NOISE_TOL", "RobustScores", "check_monotone", "flag_monotone", "plot_curve", "robust_sweep",

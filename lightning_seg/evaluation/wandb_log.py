@@ -35,35 +35,107 @@ def panel_media(task: Task, attack: str, media: dict[str, Any]) -> dict[str, lis
             "caption": [f"{attack} {k}" for k in (media["keys"] or [""] * n)]}
 
 
-def media_table(media: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The per-image table of the callback's ``media``: image key (or index) and every per-image value."""
+def image_cell(image: Tensor, task: Task, caption: str = "", **masks: Tensor) -> Any:
+    """A ``wandb.Image`` of ``image`` [C,H,W] in [0,1] with class-index ``masks`` as overlays named by the task's
+    classes (masks smaller than the image, from valid convolutions, are centred on it)."""
+    import wandb
+
+    from lightning_seg.viz.panels import to_uint8
+
+    h, w = image.shape[-2:]
+    return wandb.Image(to_uint8(image), masks=mask_overlays(task, **{k: _centre(m, h, w) for k, m in masks.items()}),
+                       caption=caption or None)
+
+
+def _centre(mask: Tensor, h: int, w: int) -> Tensor:
+    import torch.nn.functional as F
+
+    mh, mw = mask.shape[-2:]
+    if (mh, mw) == (h, w):
+        return mask
+    top, left = (h - mh) // 2, (w - mw) // 2
+    return F.pad(mask, (left, w - mw - left, top, h - mh - top))
+
+
+def media_table(media: dict[str, Any], task: Task | None = None) -> tuple[list[str], list[list[Any]]]:
+    """The per-image table of the callback's ``media``: image key (or index), with ``task`` the input (ground-truth
+    overlay) and the adversarial image (adversarial prediction and ground-truth overlays) as image columns, and
+    every per-image value."""
     names = media["keys"] or [str(i) for i in range(len(media["adv"]))]
-    return table_data([{"image": name, **{k: float(v[i]) for k, v in media["values"].items()}} for i, name in enumerate(names)])
+    rows = []
+    for i, name in enumerate(names):
+        row: dict[str, Any] = {"image": name}
+        if task is not None:
+            if media.get("images") is not None:
+                row["input"] = image_cell(media["images"][i], task, name, ground_truth=media["labels"][i])
+            row["adversarial"] = image_cell(media["adv"][i], task, name, adv_prediction=media["pred"][i],
+                                            ground_truth=media["labels"][i])
+        rows.append(row | {k: float(v[i]) for k, v in media["values"].items()})
+    return table_data(rows)
+
+
+def _eps_x255(row: dict[str, Any]) -> float:
+    from lightning_seg.evaluation.robustness import _eps_x255 as eps
+
+    return eps(row)
+
+
+def curve_label(row: dict[str, Any]) -> str:
+    """A robustness curve's name: the model kind (``model``: fit, adv-train, a defense) if the rows carry it, else
+    the checkpoint label."""
+    return str(row.get("model") or row["checkpoint"])
 
 
 class AttackLogger:
-    """W&B logging for the attack command (no Trainer here): tables, summary metrics, panels with mask overlays."""
+    """W&B logging for the attack command (no Trainer here): the run in the study's group, the attacked checkpoint as
+    input artifact (lineage), tables with image columns, an interactive robustness chart, summary metrics."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, ckpt: Path | None = None) -> None:
         self.run = None
         if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
             return
         import wandb
 
+        from lightning_seg.training.trainer import use_checkpoint_artifact, wandb_group
+
         self.wandb = wandb
         self.task = get_task(cfg.data.task)
         self.run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), mode=cfg.logger.mode,
                               job_type="attack", name=f"attack/{run_dir.name}", config=to_plain(cfg), tags=list(cfg.logger.tags),
-                              reinit="finish_previous")
+                              group=wandb_group(cfg, run_dir, "attack"), reinit="finish_previous")
+        if not getattr(self.run, "disabled", False):
+            use_checkpoint_artifact(self.run, cfg, ckpt)
 
-    def method(self, name: str, adv: Tensor, pred: Tensor, reference: Tensor, n: int) -> None:
+    def method(self, name: str, adv: Tensor, pred: Tensor, reference: Tensor, n: int, *, images: Tensor | None = None,
+               labels: Tensor | None = None, clean_pred: Tensor | None = None, keys: list[str] | None = None,
+               values: dict[str, Tensor] | None = None, targeted: bool = False) -> None:
+        """The first ``n`` adversarial images with overlays, and (with ``images``) the table ``attack/<name>/images``:
+        input (ground truth and clean prediction overlays), adversarial image (adversarial prediction and the
+        attack's reference: target or ground truth) and the amplified perturbation as image columns, plus ``values``."""
         if self.run is None:
             return
         from lightning_seg.viz.panels import to_uint8
 
-        media = [self.wandb.Image(to_uint8(adv[i]), masks=mask_overlays(self.task, prediction=pred[i], reference=reference[i]),
-                                  caption=f"{name} #{i}") for i in range(min(n, len(adv)))]
-        self.run.log({f"attack/{name}/panels": media})
+        ref = "target" if targeted else "ground_truth"
+        n = min(n, len(adv))
+        media = [self.wandb.Image(to_uint8(adv[i]), masks=mask_overlays(self.task, adv_prediction=pred[i], **{ref: reference[i]}),
+                                  caption=f"{name} {keys[i] if keys else '#' + str(i)}") for i in range(n)]
+        log: dict[str, Any] = {f"attack/{name}/panels": media}
+        if images is not None:
+            from lightning_seg.viz.panels import amplify
+
+            rows = []
+            for i in range(n):
+                key = keys[i] if keys else str(i)
+                inputs = {"ground_truth": labels[i]} if labels is not None else {}
+                if clean_pred is not None:
+                    inputs["clean_prediction"] = clean_pred[i]
+                rows.append({"image": key, "input": image_cell(images[i], self.task, key, **inputs),
+                             "adversarial": image_cell(adv[i], self.task, key, adv_prediction=pred[i], **{ref: reference[i]}),
+                             "perturbation": self.wandb.Image(amplify(adv[i] - images[i])[0], caption="amplified"),
+                             **{k: float(v[i]) for k, v in (values or {}).items()}})
+            log[f"attack/{name}/images"] = self._table(rows)
+        self.run.log(log)
 
     def table(self, key: str, rows: list[dict[str, Any]]) -> None:
         if self.run is None or not rows:
@@ -71,9 +143,26 @@ class AttackLogger:
         self.run.log({key: self._table(rows)})
 
     def robustness(self, rows: list[dict[str, Any]], plot: Path) -> None:
+        """The curve rows as a table, an interactive line chart (robust Dice vs eps, one line per model and attack,
+        the clean score at eps 0) and the static plot."""
         if self.run is None:
             return
-        self.run.log({"attack/robustness": self._table(rows), "attack/robustness_curve": self.wandb.Image(str(plot))})
+        self.run.log({"attack/robustness": self._table(rows), "attack/robustness_curve": self.wandb.Image(str(plot)),
+                      "attack/robustness_chart": self.robustness_chart(rows)})
+
+    def robustness_chart(self, rows: list[dict[str, Any]]) -> Any:
+        xs, ys, keys = [], [], []
+        for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
+            mine = [r for r in rows if r["checkpoint"] == ckpt]
+            clean = [r for r in mine if r["attack"] == "clean"]
+            for attack in dict.fromkeys(r["attack"] for r in mine if r["attack"] != "clean"):
+                pts = clean + sorted((r for r in mine if r["attack"] == attack), key=_eps_x255)
+                xs.append([_eps_x255(r) for r in pts])
+                ys.append([float(r["dice"]) for r in pts])
+                n = mine[0].get("n_images")
+                keys.append(f"{curve_label(mine[0])} / {attack}" + (f" (n={n})" if n else ""))
+        return self.wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title="robust Dice vs Linf budget",
+                                           xname="eps (x255)")
 
     def finish(self, summaries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         if self.run is None:
@@ -92,4 +181,4 @@ class AttackLogger:
         return self.wandb.Table(columns=cols, data=data)
 
 
-__all__ = ["AttackLogger", "mask_overlays", "media_table", "panel_media", "table_data"]
+__all__ = ["AttackLogger", "curve_label", "image_cell", "mask_overlays", "media_table", "panel_media", "table_data"]

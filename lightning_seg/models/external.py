@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.models.normalize import Normalize
+from lightning_seg.registry import import_target
 
 
 class ModelConfigError(ValueError):
@@ -154,23 +155,11 @@ def _import_library(lib: Library, name: str) -> Any:
 
 
 def _import_target(target: str) -> Callable[..., Any]:
-    """``package.module:callable`` (also ``package.module.callable``); the callable may be a dotted attribute path."""
-    module_name, colon, attr = target.partition(":")
-    if not colon:
-        module_name, _, attr = target.rpartition(".")
-    if not module_name or not attr:
-        raise ModelConfigError(f"model.target={target!r} is not valid: use package.module:callable")
+    """The callable ``model.target`` names (``package.module:callable``)."""
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - the user's module may fail to import in any way
-        raise ModelConfigError(f"model.target={target}: cannot import {module_name} ({_first(e)}); is it installed "
-                               "or on PYTHONPATH?") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            raise ModelConfigError(f"model.target={target}: {getattr(obj, '__name__', module_name)} has no attribute "
-                                   f"{part!r}.{_close(part, names)}")
-        obj = getattr(obj, part)
+        obj = import_target(target)
+    except ValueError as e:
+        raise ModelConfigError(f"model.target={target}: {e}") from None
     if not callable(obj):
         raise ModelConfigError(f"model.target={target} is a {type(obj).__name__}, not a callable returning an nn.Module")
     return obj

@@ -4,7 +4,9 @@ Every checkpoint the project reads goes through :func:`safe_load`: ``torch.load(
 explicitly, so that torch's restricted unpickler refuses any object other than tensors and plain containers, whatever
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (torch lets that variable override only a call that does not set
 ``weights_only``). A file that is not a checkpoint of this project, or that holds anything else, is refused with one
-line (:class:`CheckpointError`, exit 2 on the command line) before Lightning or the model sees it.
+line (:class:`CheckpointError`, exit 2 on the command line) before Lightning or the model sees it. Weights trained
+elsewhere (state dicts, safetensors, TorchScript) are read by :mod:`lightning_seg.training.weights`, through
+:func:`torch_load` for torch.save files.
 """
 
 from __future__ import annotations

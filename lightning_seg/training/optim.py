@@ -14,13 +14,14 @@ a dummy parameter.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import math
 from typing import Any
 
 import torch
 from torch.optim import Optimizer, lr_scheduler
+
+from lightning_seg.registry import import_target
 
 SCHEDULER_PRESETS = {"step": "StepLR", "plateau": "ReduceLROnPlateau", "onecycle": "OneCycleLR"}
 BUILT_IN = ("cosine", "none")  # cosine: lightning_seg.training.module.warmup_cosine, stepped every optimiser step
@@ -48,26 +49,6 @@ def scheduler_classes() -> dict[str, type]:
                 and name not in _UNCONFIGURABLE):
             out[name.lower()] = cls
     return out
-
-
-def import_target(spec: str) -> Any:
-    """The object ``package.module:Name`` (or ``package.module.Name``) names; ValueError in one line otherwise."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        module_name, _, attr = spec.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"{spec!r} is not of the form package.module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {module_name!r} of {spec!r} ({type(e).__name__}: {e})") from None
-    try:
-        obj = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ValueError(f"module {module_name!r} has no {attr!r} (from {spec!r})") from None
-    return obj
 
 
 def _is_target(spec: str) -> bool:

@@ -144,11 +144,9 @@ def build_logger(cfg: DictConfig, run_dir: Path, command: str, resume_step: int 
         raise ValueError(f"logger.name={kind!r}: use wandb, csv or none")
     if cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ValueError(f"logger.mode={cfg.logger.mode!r}: use offline, online or disabled")
-    from lightning.pytorch.loggers import WandbLogger
-
     os.environ.setdefault("WANDB_SILENT", "true")
     # mode goes to wandb.init directly: WandbLogger(offline=True) would set WANDB_MODE for the whole process.
-    return WandbLogger(
+    return _wandb_logger_class()(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         save_dir=str(run_dir),
@@ -157,9 +155,122 @@ def build_logger(cfg: DictConfig, run_dir: Path, command: str, resume_step: int 
         resume="allow",
         mode=cfg.logger.mode,
         job_type=command,
+        group=wandb_group(cfg, run_dir, command),
         tags=list(cfg.logger.tags),
         config=to_plain(cfg),
     )
+
+
+# --- W&B: study groups, metric summaries, checkpoint artifacts and their lineage -------------------------------------
+
+TRAINING_COMMANDS = ("fit", "adv-train")
+# summaries besides W&B's default (the last value): the best validation scores of a training run
+METRIC_SUMMARIES = {"val/dice": "max,last", "val/loss": "min,last"}
+
+
+def _trained_run_dir(ckpt: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt``; else the file's folder)."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def wandb_group(cfg: DictConfig, run_dir: Path, command: str) -> str:
+    """The W&B group of a run: ``logger.group`` if set, else the study ``<data.name>/<trained run folder>``: a fit /
+    adv-train run's own folder; for validate / test / attack the folder of the run that wrote ``run.ckpt`` (the
+    checkpoint they evaluate), so a model and every evaluation of it share a group; ``run.weights``: the file's stem."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    if command in TRAINING_COMMANDS:
+        study = run_dir.name
+    elif cfg.run.get("weights"):
+        study = Path(cfg.run.weights).stem
+    else:
+        ckpt = _evaluated_checkpoint(cfg)
+        study = _trained_run_dir(ckpt).name if ckpt else run_dir.name
+    return f"{cfg.data.name}/{study}"
+
+
+def _evaluated_checkpoint(cfg: DictConfig) -> Path | None:
+    try:
+        from lightning_seg.runs import resolve_checkpoint
+
+        return resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
+    except Exception:  # noqa: BLE001 - no checkpoint to name a group after: the run's own folder
+        return None
+
+
+def checkpoint_artifact_name(ckpt: Path) -> str:
+    """``model-<W&B run id of the run folder that wrote it>``: the fit run logs its checkpoints under this name and an
+    evaluation of the same file names the same artifact, so W&B links them (lineage fit -> model -> attack)."""
+    return f"model-{_run_id(_trained_run_dir(ckpt))}"
+
+
+def checkpoint_artifact(ckpt: Path) -> Any:
+    """A ``model`` artifact holding the checkpoint file as ``model.ckpt`` (the digest is the file's: the same file
+    logged by fit and declared as input by an evaluation is one artifact version)."""
+    import wandb
+
+    ckpt = Path(ckpt)
+    artifact = wandb.Artifact(checkpoint_artifact_name(ckpt), type="model",
+                              metadata={"run_folder": _trained_run_dir(ckpt).name})
+    artifact.add_file(str(ckpt), name="model.ckpt", policy="immutable")
+    return artifact
+
+
+def wandb_run(logger: Any) -> Any:
+    """The wandb run of a WandbLogger (created on first use; rank 0 only: call it from rank 0), else None."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return None
+    run = logger.experiment
+    if not hasattr(run, "log_artifact") or type(run).__name__ == "DummyExperiment" or getattr(run, "disabled", False):
+        return None  # other ranks, and logger.mode=disabled: nothing to log (no file hashed, nothing written)
+    return run
+
+
+def log_checkpoint_artifacts(run: Any, cfg: DictConfig, checkpoints: dict[str, Any]) -> list[str]:
+    """Log each ``alias -> checkpoint file`` (best, last) as a version of the run's ``model`` artifact (offline too:
+    uploaded by ``wandb sync``). Returns the aliases logged; nothing without a run or with logger.log_checkpoints=false."""
+    if run is None or not cfg.logger.get("log_checkpoints", True):
+        return []
+    done = []
+    for alias, path in checkpoints.items():
+        if path and Path(path).is_file():
+            run.log_artifact(checkpoint_artifact(Path(path)), aliases=[alias])
+            done.append(alias)
+    return done
+
+
+def use_checkpoint_artifact(run: Any, cfg: DictConfig, ckpt: Path | None) -> Any:
+    """Declare the evaluated checkpoint as this run's input: the artifact ``model-<fit run id>`` with the file's digest
+    (the version the fit run logged), so W&B shows the lineage fit -> model -> validate / attack. Online this is
+    ``run.use_artifact``; offline wandb refuses use_artifact, so the same record (an artifact used after commit) is
+    written through the call use_artifact makes internally, and ``wandb sync`` uploads it as a use."""
+    if run is None or ckpt is None or not cfg.logger.get("log_checkpoints", True) or not Path(ckpt).is_file():
+        return None
+    artifact = checkpoint_artifact(Path(ckpt))
+    alias = [Path(ckpt).stem] if Path(ckpt).stem in ("best", "last") else []
+    if not run.settings._offline:
+        return run.use_artifact(artifact, aliases=alias)
+    return run._log_artifact(artifact, aliases=alias, is_user_created=True, use_after_commit=True)
+
+
+def _wandb_logger_class() -> type:
+    """Lightning's WandbLogger that also records the best values (:data:`METRIC_SUMMARIES`) when its run starts."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    class SegWandbLogger(WandbLogger):
+        @property
+        def experiment(self) -> Any:
+            run = super().experiment  # rank 0: the run; other ranks: a no-op stand-in
+            if not getattr(self, "_summaries_defined", False) and hasattr(run, "define_metric"):
+                self._summaries_defined = True
+                for key, summary in METRIC_SUMMARIES.items():
+                    run.define_metric(key, step_metric="trainer/global_step", summary=summary)
+            return run
+
+    return SegWandbLogger
 
 
 # name (snake_case, as in a config) -> lightning.pytorch.callbacks class name, besides the classes' own names
@@ -185,7 +296,7 @@ def lightning_callbacks() -> dict[str, type[Callback]]:
 def callback_class(spec: str, where: str) -> type[Callback]:
     """The class a ``callbacks`` entry names: a Lightning callback by snake_case name (``early_stopping``, or its class
     name ``EarlyStopping``), or ``package.module:Class`` (a subclass of ``lightning.pytorch.callbacks.Callback``)."""
-    from lightning_seg.training.optim import import_target
+    from lightning_seg.registry import import_target
 
     known = lightning_callbacks()
     normalised = {n.replace("_", ""): c for n, c in known.items()}
@@ -267,7 +378,9 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def finish_logger(logger: Any) -> None:
-    if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
         import wandb
 
         if wandb.run is not None:

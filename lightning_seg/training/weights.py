@@ -286,13 +286,14 @@ def _declared_tensors(archive: zipfile.ZipFile, root: str) -> dict[str, set[str]
 
 
 def _state_dict_of(content: Any, path: Path) -> tuple[dict[str, Tensor], str]:
-    """The state dict a torch.save'd object holds, and where (``""``: the object itself, else its wrapper key)."""
-    if _tensor_mapping(content):
-        return _tensors(content), ""
+    """The state dict a torch.save'd object holds, and where (``""``: the object itself, else its wrapper key): the
+    first of :data:`WRAPPER_KEYS` whose value is a mapping of tensors, else the object itself if it is one."""
     if isinstance(content, Mapping):
         for key in WRAPPER_KEYS:
             if _tensor_mapping(content.get(key)):
                 return _tensors(content[key]), key
+    if _tensor_mapping(content):
+        return _tensors(content), ""
     found = (f"a mapping with keys {', '.join(map(repr, list(content)[:6]))}" if isinstance(content, Mapping)
              else f"a {type(content).__name__}")
     raise CheckpointError(f"no state dict in {path}: found {found}; a mapping of tensors is expected, or one under "
@@ -382,8 +383,8 @@ def _check_keys(path: Path, under: dict[str, Tensor], own: dict[str, Tensor], ex
     inside = f" (its {wrapper!r})" if wrapper else ""
     raise CheckpointError(
         f"{path}{inside} does not fit the network {_label(model)}, reading {read}: {'; '.join(parts)}. Set model.name / "
-        f"model.params (model.mean / model.std) to the network the weights were trained for, or run.weights_prefix=... "
-        f"to read the keys under another prefix ('' for the keys as they are)")
+        f"model.params to the network the weights were trained for, or run.weights_prefix=... to read the keys under "
+        f"another prefix ('' for the keys as they are)")
 
 
 def _listed(count: int, what: str, items: list[str]) -> str:

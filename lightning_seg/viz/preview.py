@@ -18,9 +18,10 @@ import numpy as np
 
 __all__ = ["mask_contour", "preview_grid", "stack_grids"]
 
-# Ground truth: green (class 1), blue (class 2), ...; predictions: red, yellow, ...
-_GT_COLORS = ((0, 255, 0), (0, 90, 255), (255, 0, 255))
-_PRED_COLORS = ((255, 40, 40), (255, 230, 0), (255, 128, 0))
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies): ground truth in blues and green,
+# predictions in orange, vermillion and yellow
+_GT_COLORS = ((0, 114, 178), (86, 180, 233), (0, 158, 115))
+_PRED_COLORS = ((230, 159, 0), (213, 94, 0), (240, 228, 66))
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -87,9 +88,9 @@ def preview_grid(images: Sequence[Any] | np.ndarray, masks: Sequence[Any] | np.n
         images: N images (uint8 HxWx3, float [0, 1] HxWx3 / 3xHxW, or a stacked array
             / tensor [N, ...]). All must share one size.
         masks: N ground-truth class-index maps HxW; contours of ``mask >= k`` for k >= 1
-            in green / blue.
+            in Okabe-Ito blue / sky blue.
         preds: optional N predicted class-index maps (e.g. ``logits.argmax(1)``);
-            contours in red / yellow, drawn on top of the ground truth.
+            contours in orange / vermillion, drawn on top of the ground truth.
         ncols: tiles per row (default: ceil(sqrt(N))).
         scale: integer nearest-neighbour upscaling before drawing (thin, readable
             contours on small images).
