@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lightning_seg.attacks.config import Attack
 from lightning_seg.cli import main
 from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
+from tests.helpers.interrupts import ctrl_c_at
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +22,6 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conftest import tiny_overrides
 
     return Path(fit(compose(tiny_overrides(tmp_path_factory.mktemp("interrupt") / "runs")))["last_checkpoint"])
-
-
-def _ctrl_c_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    call = Attack.__call__
-
-    def ctrl_c(self, *args, **kwargs):
-        if self.name == name:
-            raise KeyboardInterrupt
-        return call(self, *args, **kwargs)
-
-    monkeypatch.setattr(Attack, "__call__", ctrl_c)
 
 
 def _argv(ckpt: Path, out: Path) -> list[str]:
@@ -47,7 +36,7 @@ def _only_run(out: Path) -> Path:
 
 
 def test_ctrl_c_keeps_the_finished_attacks(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    _ctrl_c_at(monkeypatch, "dag")
+    ctrl_c_at(monkeypatch, "dag")
     assert main(_argv(ckpt, tmp_path)) == 130
     err = capsys.readouterr().err
     run = _only_run(tmp_path)
@@ -63,7 +52,7 @@ def test_ctrl_c_keeps_the_finished_attacks(ckpt: Path, tmp_path: Path, monkeypat
 
 def test_ctrl_c_in_the_first_attack_still_says_what_did_not_run(ckpt: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    _ctrl_c_at(monkeypatch, "pgd")
+    ctrl_c_at(monkeypatch, "pgd")
     assert main(_argv(ckpt, tmp_path)) == 130
     assert "Traceback" not in capsys.readouterr().err
     run = _only_run(tmp_path)

@@ -16,7 +16,7 @@ import pathlib
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,15 @@ from lightning_seg.cli import main
 from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
 from tests.conftest import tiny_overrides
-from tests.helpers.fake_trees import corrupt_truncate, make_isic_tree, remove_file, save, write_colour_mask, write_resized
+from tests.helpers.fake_trees import (
+    corrupt_truncate,
+    make_isic_tree,
+    remove_file,
+    save,
+    write_colour_mask,
+    write_resized,
+)
+from tests.helpers.interrupts import ctrl_c_at
 
 pytestmark = pytest.mark.slow  # one tiny fit for the module, then mostly one-line failures
 
@@ -157,22 +165,6 @@ def _with_run(*args: str) -> Callable[[Sandbox], list[str]]:
     return prepare
 
 
-def _ctrl_c_in(name: str) -> Callable[[pytest.MonkeyPatch], None]:
-    from lightning_seg.attacks.config import Attack
-
-    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
-        call = Attack.__call__
-
-        def ctrl_c(self, *args, **kwargs):
-            if self.name == name:
-                raise KeyboardInterrupt
-            return call(self, *args, **kwargs)
-
-        monkeypatch.setattr(Attack, "__call__", ctrl_c)
-
-    return patch
-
-
 CASES = [
     # -- the config: checked when it is composed, before anything runs
     Case("unknown-key", "a misspelt key", _argv("fit", "trainer.max_epoch=3")),
@@ -231,7 +223,7 @@ CASES = [
          _argv("fit", "optim.lr=1e9", "trainer.max_epochs=3", "data.num_train=8"), leaves=True),
     Case("ctrl-c", "Ctrl-C during an attack",
          _with_run("attack", "attack=[pgd,dag]", "attack.pgd.steps=2", "attack_eval.num_images=4", "attack_eval.panels=0"),
-         exit=130, leaves=True, patch=_ctrl_c_in("dag")),
+         exit=130, leaves=True, patch=lambda monkeypatch: ctrl_c_at(monkeypatch, "dag")),
 ]
 
 

@@ -43,19 +43,13 @@ def _refuse_model_changes(command: str, stored: dict[str, Any], cfg: DictConfig)
     """The network of an evaluation command is the checkpoint's: a model override would otherwise be silently ignored
     (the weights are loaded into the stored architecture), so one that differs is refused."""
     from lightning_seg.commands.resume import config_differences
-    from lightning_seg.config import ConfigError, to_plain
+    from lightning_seg.config import _show, to_plain
 
     changed = config_differences({"model": stored}, {"model": to_plain(cfg.model)})
     if changed:
         listed = ", ".join(f"{key}={_show(new)} (the checkpoint has {_show(old)})" for key, (old, new) in changed.items())
         raise ConfigError(f"{command} evaluates the model stored in {cfg.run.ckpt or 'the latest fit run'}; it cannot "
                           f"change {listed}: drop the model override, or train a run with that model")
-
-
-def _show(value: Any) -> str:
-    from lightning_seg.config import _show as show
-
-    return show(value)
 
 
 def _compose_training(command: str, overrides: list[str], extra_files: list[str] | None) -> DictConfig:
