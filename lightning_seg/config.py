@@ -165,10 +165,25 @@ class RunConfig:
 
 
 @dataclass
+class MinBudgetConfig:
+    """Minimum budget per image (lightning_seg.evaluation.min_budget): the smallest Linf eps at which an untargeted
+    worst-case attack drives the image's Dice vs the ground truth below ``level``, found by bisection per image."""
+
+    enabled: bool = False
+    level: float = 0.5  # Dice [0,1] below which an image counts as broken
+    eps_max: float = 16 / 255  # largest budget searched ([0,1] units; accepts 16/255); above it: "> eps_max"
+    attack: str = "apgd"  # worst-case evaluator at each probed eps: apgd (CE loss) | pgd
+    steps: int = 20  # gradient steps of the attack at each probed eps
+    restarts: int = 1  # random restarts of the attack at each probed eps
+    bisection_steps: int = 6  # halvings of [0, eps_max]: resolution eps_max / 2**bisection_steps
+
+
+@dataclass
 class AttackEvalConfig:
     split: str = "val"  # images attacked by the `attack` command: val | test | train
-    num_images: int = 32  # first N images of the split (sorted); targets from the same N images
-    batch_size: int = 16
+    # first N images of the split (sorted); None: the whole split. Targets come from the same N images.
+    num_images: Optional[int] = None
+    batch_size: int = 16  # images per attack batch and process (DDP: each rank attacks batches of this size)
     target: str = "other_image"  # target generator (lightning_seg.targets.TARGETS); other_image = the ASMA paper's protocol
     target_params: dict[str, Any] = field(default_factory=dict)
     # Mask the targets are built from: label (ground truth; the paper's protocol) | prediction (the model's clean
@@ -186,6 +201,14 @@ class AttackEvalConfig:
     # Defense report: names of conf/defense/*.yaml (e.g. [fr,jpeg,bit_depth]) evaluated in front of the undefended
     # checkpoint under every attack: benign loss, oblivious and adaptive (BPDA / EOT) defense efficiency.
     defenses: list[str] = field(default_factory=list)
+    # Score the adversarial images after a uint8 round-trip (round(x*255)/255, as when saved to PNG): prediction, IoU,
+    # success and norms are those of the quantized images; pixels the attack left untouched keep their clean value.
+    quantize: bool = False
+    # An earlier attack run folder to continue: images whose results it already holds (same attack settings) are
+    # skipped, and its per_image.csv / summary are rewritten as one uninterrupted run would have written them.
+    resume: Optional[str] = None
+    # Minimum budget per image (untargeted): median and per-image curve of the smallest eps that breaks each image.
+    min_budget: MinBudgetConfig = field(default_factory=MinBudgetConfig)
 
 
 @dataclass
@@ -230,7 +253,7 @@ class DefenseConfig:
     the chosen defense does not have fails (lightning_seg.defenses.defense_from_config)."""
 
     name: str = "none"  # none | fr | jpeg | bit_depth | median | gaussian | random_noise
-    gradient: str = "bpda"  # backward used by attacks on the defended model: bpda (identity) | exact | surrogate (cubic rounding)
+    gradient: str = "bpda"  # backward used by attacks on the defended model: bpda (identity) | exact | surrogate (cubic rounding) | ste (straight-through rounding)
     eot_samples: int = 1  # logits averaged over this many samples of a randomised defense (EOT)
     pd: Optional[float] = None  # fr: step of the priority-defense band, max(u,v) <= 1 (0..255 DCT units)
     ac: Optional[float] = None  # fr: accuracy-compensation band, 2 <= max(u,v) <= 3
@@ -600,10 +623,15 @@ VALUE_RULES: dict[str, Rule] = {
     "trainer.max_epochs": _at_least(1), "trainer.num_nodes": _at_least(1),
     "trainer.check_val_every_n_epoch": _at_least(1), "trainer.log_every_n_steps": _at_least(1),
     "logger.name": _one_of("wandb", "csv", "none"), "logger.mode": _one_of("offline", "online", "disabled"),
-    "attack_eval.split": _one_of("train", "val", "test"), "attack_eval.num_images": _at_least(1),
+    "attack_eval.split": _one_of("train", "val", "test"), "attack_eval.num_images": ((lambda v: v is None or _at_least(1)[0](v)),
+                               "an integer >= 1, or null for the whole split"),
     "attack_eval.batch_size": _at_least(1), "attack_eval.target_base": _one_of("label", "prediction"),
     "attack_eval.panels": _at_least(0), "attack_eval.up_train_batches": _at_least(1),
     "attack_eval.eps_sweep": _BUDGETS, "attack_eval.sweep_steps": _at_least(1),
+    "attack_eval.min_budget.level": _number(lambda v: 0 < v <= 1, "a Dice level in (0, 1]"),
+    "attack_eval.min_budget.eps_max": _number(lambda v: v > 0, "a budget > 0, e.g. 16/255"),
+    "attack_eval.min_budget.attack": _one_of("apgd", "pgd"), "attack_eval.min_budget.steps": _at_least(1),
+    "attack_eval.min_budget.restarts": _at_least(1), "attack_eval.min_budget.bisection_steps": _at_least(1),
     "adv_val.every_n_epochs": _at_least(1), "adv_val.max_batches": _at_least(1), "adv_val.log_images": _at_least(0),
     "adv_val.eps_sweep": _BUDGETS, "adv_val.sweep_steps": _at_least(1),
     "adv_train.eps": _NON_NEGATIVE, "adv_train.steps": _at_least(1),
@@ -645,7 +673,7 @@ def _check_relations(cfg: DictConfig) -> None:
                           ".safetensors file or a TorchScript file")
     if d.source == "folder" and d.root and not Path(d.root).expanduser().is_dir():
         raise ConfigError(f"data.root={d.root!r} is not a folder: give the folder that holds the {d.name} data")
-    if cfg.attack_eval.target == "other_image" and cfg.attack_eval.num_images < 2:
+    if cfg.attack_eval.target == "other_image" and (cfg.attack_eval.num_images or 2) < 2:
         raise ConfigError(f"attack_eval.num_images={cfg.attack_eval.num_images} is not valid for attack_eval.target="
                           "other_image, which aims each image at another image's mask: use attack_eval.num_images >= 2")
 

@@ -61,3 +61,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
     atomic_write(path, write)
+
+
+def write_figure(path: str | Path, fig: Any) -> Path:
+    """A matplotlib Figure laid out (``tight_layout``), written atomically as PNG, then closed (figures live in
+    pyplot's registry until closed)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)

@@ -31,7 +31,7 @@ def test_callback_in_single_device_validate_leaves_the_model_untouched(tiny, tmp
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, inference_mode=False,
                          use_distributed_sampler=False, enable_checkpointing=False, callbacks=[callback], default_root_dir=tmp_path)
     metrics = trainer.validate(module, datamodule=dm)[0]
-    assert {"val_adv/iou", "val_adv/l2", "val_adv/robust_dice_lesion", "val_adv/success"} <= set(metrics)
+    assert {"val_adv/iou", "val_adv/l2", "val_adv/robust_dice_lesion", "val_adv/success_pct", "val_adv/rms_x255"} <= set(metrics)
     assert metrics["val_adv/images"] == 6  # one batch of eval_batch_size=6 attacked
     assert {"val_adv/pgd_eps1/dice", "val_adv/pgd_eps8/dice", "val_adv/pgd_eps8/iou"} <= set(metrics)
     after = module.state_dict()
@@ -77,7 +77,7 @@ def test_ddp_callback_metrics_equal_a_single_process_run(tiny):
     extra = {**PGD_DETERMINISTIC, "adv_val.enabled": "true", "adv_val.max_batches": 20, "data.num_val": 13}
     trained = fit(compose(tiny(**{**extra, "trainer": "ddp_cpu", "data.eval_batch_size": 2})))
     single = evaluate(compose(tiny(**{**extra, "data.eval_batch_size": 1, "run.ckpt": trained["last_checkpoint"]})), "validate")
-    for key in ("val_adv/images", "val_adv/l2", "val_adv/linf", "val_adv/iou", "val_adv/robust_dice_lesion"):
+    for key in ("val_adv/images", "val_adv/l2", "val_adv/linf_x255", "val_adv/iou", "val_adv/robust_dice_lesion"):
         assert single["metrics"][key] == pytest.approx(trained["metrics"][key], abs=1e-5), key
     assert trained["metrics"]["val_adv/images"] == 13
 

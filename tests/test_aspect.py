@@ -146,9 +146,11 @@ def test_loss_ignores_padding_and_is_unchanged_without_it():
 # ----------------------------------------------------------------------------- attacks
 
 
+# budgets large enough for the untrained net's best iterate to differ from the clean image (every attack returns the
+# iterate that hurts most, which can be the clean image itself)
 ATTACKS = {
-    "fgsm": {}, "pgd": {"steps": 3}, "pgd_l2": {"name": "pgd", "steps": 3, "norm": "l2", "eps": 0.5},
-    "segpgd": {"steps": 3}, "cospgd": {"steps": 3}, "dag": {"max_iter": 4, "targeted": True, "gamma": 0.01},
+    "fgsm": {"eps": 0.3}, "pgd": {"steps": 3}, "pgd_l2": {"name": "pgd", "steps": 3, "norm": "l2", "eps": 0.5},
+    "segpgd": {"steps": 3}, "cospgd": {"steps": 3}, "dag": {"max_iter": 4, "targeted": True, "gamma": 0.05},
     "ssm": {"max_iter": 4}, "asm": {"max_iter": 4}, "asma": {"max_iter": 4},
     "asma_paper": {"name": "asma", "max_iter": 3, "paper_exact": True, "iou_threshold": None},
 }
@@ -156,7 +158,9 @@ ATTACKS = {
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
+    # seed 4: this untrained net does not predict one class everywhere, so an attack can lower the Dice and its best
+    # iterate (the one returned) is not the clean image (with seeds 0-3 FGSM and DAG find no better iterate)
+    torch.manual_seed(4)
     return SmallUNet(c=4).eval()
 
 
@@ -204,7 +208,8 @@ def test_the_defense_report_keeps_the_padding(net, single_thread):
     rows = report.defense_report(net, {"jpeg": jpeg}, {"pgd": pgd}, images, labels, labels, get_task("lesion"),
                                  batch_size=2, valid=valid)["rows"]
     delta = (adv - images) * valid.unsqueeze(1)
-    assert {r["threat_model"] for r in rows} == {"none (no defense)", "oblivious", "adaptive BPDA"}
+    assert {r["threat_model"] for r in rows} == {"none (no defense)", "oblivious", "adaptive BPDA", "adaptive SURROGATE",
+                                                        "adaptive STE", "adaptive worst case"}
     assert all(r["linf_x255"] <= 4 + 1e-4 for r in rows) and delta.abs().amax() > 0
 
 

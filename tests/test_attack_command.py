@@ -72,7 +72,9 @@ def test_table1_run_folder(trained):
     assert "| method | rel. area change (ratio) | compactness clean / adv | asymmetry score clean / adv |" in table
     assert all("clin_rel_area_change" in r and "clin_compactness_adv" in r for r in rows)
     summary = {s["method"]: s for s in json.loads((run / "results.json").read_text())["summary"]}
-    assert summary["asma"]["forwards_per_image"] <= 16  # one forward per iteration (+1 final), early-stopped images stop
+    # one forward per iteration (15), then forward-only: the scale refinement (1 check + refine_steps 8) and the result
+    assert summary["asma"]["forwards_per_image"] <= 15 + 1 + 8 + 1
+    assert summary["asma"]["backwards_per_image"] <= 15
 
 
 @pytest.mark.slow
@@ -111,6 +113,20 @@ def test_robustness_sweep_over_two_checkpoints(trained, tmp_path: Path):
         assert max(strongest) <= clean + 1e-6  # sanity: an attack never helps
     assert all(r["check"] == "" for r in rows)  # Dice falls with the budget on every curve
     assert (run / "robustness.png").stat().st_size > 10_000 and "Robustness" in (run / "summary.md").read_text()
+
+
+def test_minimum_budget_per_image_from_the_command(trained):
+    """``attack_eval.min_budget.enabled=true`` alone is a request: per-image smallest eps, written and in the table."""
+    root, _ = trained
+    overrides = [f"run.output_dir={root}", "attack=[]", "logger=none", "attack_eval.num_images=5",
+                 "attack_eval.min_budget.enabled=true", "attack_eval.min_budget.steps=3",
+                 "attack_eval.min_budget.bisection_steps=3", "attack_eval.min_budget.level=0.9"]
+    result = attack(compose_for("attack", overrides))
+    run = Path(result["run_dir"])
+    rows = list(csv.DictReader((run / "min_budget.csv").open()))
+    assert len(rows) == 5 and {r["image"] for r in rows} and (run / "min_budget.png").is_file()
+    assert result["min_budget"]["min_budget_n"] == 5
+    assert "Minimum budget per image" in (run / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -86,7 +86,10 @@ def test_asma_defaults_are_the_project_schedule_and_the_paper_stays_available():
     paper = to_plain(compose(["attack=asma_paper", "logger=none"]).attack)["asma_paper"]
     assert paper["name"] == "asma"
     assert {k: v for k, v in paper.items() if d.get(k) != v and k != "name"} == {
-        "max_iter": 2501, "iou_threshold": None, "step": "raw", "step_size": 0.05, "paper_exact": True}
+        "max_iter": 2501, "iou_threshold": None, "step": "raw", "step_size": 0.05, "paper_exact": True,
+        "return_best": False, "shrink_steps": 0, "refine_steps": 0, "stall_window": None}
+    # the project's budget additions are on by default (smallest successful iterate, shrink, bisection, stall stop)
+    assert d["return_best"] and d["shrink_steps"] > 0 and d["refine_steps"] > 0 and d["stall_window"] is not None
 
 
 def test_synthesis_budgets_have_one_default():

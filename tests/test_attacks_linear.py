@@ -58,8 +58,9 @@ def test_asma_normalized_step(batch):
     model, x = make(batch)
     target = torch.ones(batch, 4, 4, dtype=torch.long)
     opt, _ = minimal_norms(model, x, clean_pred(model, x) != target)
+    # 2e-3 steps flip the last pixels at long intervals: no stall stop (stall_window=None) for this convergence check
     res = asma(model, x, target, step="normalized", step_size=2e-3, tau=1.0, beta=0.0, max_iter=2000,
-               iou_threshold=1.0)
+               iou_threshold=1.0, stall_window=None)
     assert res.success.all()
     assert (res.l2 <= 1.25 * opt + 1e-6).all(), (res.l2, opt)
 
@@ -69,7 +70,7 @@ def test_asma_relative_step(batch):
     model, x = make(batch)
     target = torch.ones(batch, 4, 4, dtype=torch.long)
     opt, _ = minimal_norms(model, x, clean_pred(model, x) != target)
-    res = asma(model, x, target, step="relative", step_size=2e-3, max_iter=4000, iou_threshold=1.0)
+    res = asma(model, x, target, step="relative", step_size=2e-3, max_iter=4000, iou_threshold=1.0, stall_window=None)
     assert res.success.all()
     assert (res.l2 <= 1.25 * opt + 1e-6).all(), (res.l2, opt)
 
@@ -159,6 +160,7 @@ def test_fgsm_linf(batch):
     _, opt = minimal_norms(model, x, torch.ones_like(labels, dtype=torch.bool))
     ok = fgsm(model, x, labels, eps=float(opt.max()) * 1.05)
     assert ok.success.all()
-    assert ok.forwards == 2 * batch and ok.backwards == batch
+    # the step's forward evaluates the clean image, one forward the step, one the returned (best) iterate
+    assert ok.forwards == 3 * batch and ok.backwards == batch
     bad = fgsm(model, x, labels, eps=float(opt.min()) * 0.5)
     assert not bad.success.any()

@@ -49,7 +49,8 @@ def test_fit_monai_unet_then_attack_and_defense_report(tmp_path: Path, single_th
     assert [s["method"] for s in summary] == ["asma"] and len(_rows(run / "per_image.csv")) == 4
     defense = _rows(run / "defense.csv")
     assert [(r["defense"], r["attack"], r["threat_model"]) for r in defense] == [
-        ("none", "asma", "none (no defense)"), ("jpeg", "asma", "oblivious"), ("jpeg", "asma", "adaptive BPDA")]
+        ("none", "asma", "none (no defense)"), ("jpeg", "asma", "oblivious"), ("jpeg", "asma", "adaptive BPDA"),
+        ("jpeg", "asma", "adaptive SURROGATE"), ("jpeg", "asma", "adaptive STE"), ("jpeg", "asma", "adaptive worst case")]
     assert all(int(r["n"]) == 4 for r in defense)
     assert "| jpeg | asma | adaptive BPDA |" in (run / "defense.md").read_text()
     assert "Defenses" in (run / "summary.md").read_text()

@@ -16,6 +16,8 @@ from lightning_seg.defenses import DefendedModel, build_defense
 from lightning_seg.evaluation.defense_report import (
     BASELINE,
     OBLIVIOUS,
+    WORST,
+    attack_strength,
     budget_sweep,
     check_monotone,
     check_transfer,
@@ -122,9 +124,20 @@ def test_report_rows_and_threat_models(trained):
     report = defense_report(module.net, defenses, attacks, images, labels, targets, module.task, batch_size=8)
     rows = report["rows"]
     got = [(r["attack"], r["defense"], r["threat_model"]) for r in rows]
-    assert got[:4] == [("asma", "none", BASELINE), ("asma", "bit_depth", OBLIVIOUS), ("asma", "bit_depth", "adaptive BPDA"),
-                       ("asma", "random_noise", OBLIVIOUS)]
-    assert ("pgd", "random_noise", "adaptive EOT (n=8)") in got and len(rows) == 12
+    # bit depth: BPDA and the cubic surrogate (its straight-through gradient IS the BPDA identity: counted once);
+    # random noise (differentiable, random): BPDA and the exact gradient, each also with EOT; then the worst case
+    assert got[:5] == [("asma", "none", BASELINE), ("asma", "bit_depth", OBLIVIOUS), ("asma", "bit_depth", "adaptive BPDA"),
+                       ("asma", "bit_depth", "adaptive SURROGATE"), ("asma", "bit_depth", WORST)]
+    assert [t for a, d, t in got if a == "pgd" and d == "random_noise"] == [
+        OBLIVIOUS, "adaptive BPDA", "adaptive EXACT", "adaptive BPDA + EOT (n=8)", "adaptive EXACT + EOT (n=8)", WORST]
+    assert len(rows) == 2 * (1 + 4 + 6)
+    for defense in ("bit_depth", "random_noise"):  # the worst case is the strongest mode, and names it
+        for attack in attacks:
+            modes = [r for r in rows if r["defense"] == defense and r["attack"] == attack
+                     and r["threat_model"].startswith("adaptive") and r["threat_model"] != WORST]
+            worst = next(r for r in rows if r["defense"] == defense and r["attack"] == attack and r["threat_model"] == WORST)
+            assert attack_strength(worst) == max(attack_strength(r) for r in modes)
+            assert worst["worst_of"] in {r["threat_model"] for r in modes} and "worst case above" not in worst["check"]
     base = rows[0]
     assert base["clean_dice"] == base["clean_dice_defended"] and base["benign_loss_iou"] == 0
     assert all(r["target_iou"] is not None for r in rows if r["attack"] == "asma")
@@ -133,6 +146,8 @@ def test_report_rows_and_threat_models(trained):
     direct = attacks["asma"](module.net, images, targets)
     assert base["dice_gt"] == pytest.approx(float(per_image_dice(direct.pred, labels, module.task).mean()), abs=1e-6)
     assert [s["defense"] for s in report["sanity"]] == ["none", "bit_depth", "random_noise"]
+    for s in report["sanity"]:  # effort and black-box checks ran at the check budget
+        assert {"pgd_dice", "pgd_2x_dice", "square_dice"} <= set(s) and s["check_eps_x255"] == pytest.approx(8.0)
 
 
 # ----------------------------------------------------------------------------- the attack command
@@ -147,10 +162,13 @@ def test_attack_command_writes_defense_report(trained):
     result = attack(compose_for("attack", overrides))
     run = Path(result["run_dir"])
     rows = list(csv.DictReader((run / "defense.csv").open()))
-    assert len(rows) == 2 * (1 + 2 * 2)
-    assert {r["threat_model"] for r in rows} == {BASELINE, OBLIVIOUS, "adaptive BPDA"}
+    # per attack: baseline; per defense (FR, JPEG: both round): oblivious, BPDA, SURROGATE, STE, worst case
+    assert len(rows) == 2 * (1 + 2 * 5)
+    assert {r["threat_model"] for r in rows} == {BASELINE, OBLIVIOUS, "adaptive BPDA", "adaptive SURROGATE",
+                                                 "adaptive STE", WORST}
     md = (run / "defense.md").read_text()
-    assert "| fr | asma | adaptive BPDA |" in md and "Sanity checks" in md
+    assert "| fr | asma | adaptive BPDA |" in md and f"| fr | asma | **{WORST}** (adaptive " in md
+    assert "Sanity checks" in md and "Square (200 queries)" in md
     assert "Defenses (threat model per row" in (run / "summary.md").read_text()
     saved = json.loads((run / "results.json").read_text())
     summary = {s["method"]: s for s in saved["summary"]}
@@ -167,3 +185,30 @@ def test_defenses_without_attacks_fail_clearly(trained):
     cfg.attack = {}
     with pytest.raises(ValueError, match=r"attack=\[asma,pgd\]"):
         attack(cfg)
+
+
+# ----------------------------------------------------------------------------- gradient modes
+def test_straight_through_mode_and_applicable_modes():
+    from lightning_seg.defenses import applicable_modes, defense_with_gradient
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    w = torch.randn(2, 3, 16, 16, generator=g)
+
+    def grad(defense, mode):
+        xg = x.clone().requires_grad_(True)
+        y = defense_with_gradient(defense, xg, mode)
+        (gx,) = torch.autograd.grad((y * w).sum(), xg)
+        return y.detach(), gx
+
+    for name in ("fr", "jpeg", "bit_depth"):
+        d = build_defense(name)
+        y_ste, g_ste = grad(d, "ste")
+        assert torch.equal(y_ste, d(x)), name  # the forward value is the real transform's
+        assert g_ste.abs().sum() > 0
+    # bit depth: straight-through rounding IS the identity backward (counted once); JPEG: chroma subsampling differs
+    assert torch.allclose(grad(build_defense("bit_depth"), "ste")[1], grad(build_defense("bit_depth"), "bpda")[1])
+    assert not torch.allclose(grad(build_defense("jpeg"), "ste")[1], grad(build_defense("jpeg"), "bpda")[1], atol=1e-3)
+    assert applicable_modes(build_defense("bit_depth")) == ["bpda", "surrogate"]
+    assert applicable_modes(build_defense("jpeg")) == ["bpda", "surrogate", "ste"]
+    assert applicable_modes(build_defense("median")) == ["bpda", "exact"]

@@ -114,7 +114,10 @@ def test_the_defense_report_counts_every_phase():
     report = defense_report(net, defenses, attacks, images, labels, labels, get_task("lesion"), batch_size=2,
                             eps_sweep=[2 / 255], sweep_steps=1, progress=p)
     p.close()
-    # rows (attack x (baseline + per defense: oblivious + adaptive threat models)) + one sanity check per view
-    assert p.total == len(report["rows"]) + len(report["sanity"]) == p.done
-    assert len(report["rows"]) == 2 * (1 + (1 + 1) + (1 + 2))  # random_noise: BPDA and EOT
+    # one phase per attacked row (attack x (baseline + per defense: oblivious + every adaptive gradient mode)) and per
+    # sanity check; the worst-case rows only pick among rows already attacked
+    attacked = [r for r in report["rows"] if r["threat_model"] != "adaptive worst case"]
+    assert p.total == len(attacked) + len(report["sanity"]) == p.done
+    # jpeg: BPDA, SURROGATE, STE; random_noise (randomised, differentiable): BPDA, EXACT, each also with EOT
+    assert len(attacked) == 2 * (1 + (1 + 3) + (1 + 4)) and len(report["rows"]) == len(attacked) + 2 * 2
     assert out.getvalue().splitlines()[-1].startswith(f"attack pgd: {p.total}/{p.total} img (100 %)")

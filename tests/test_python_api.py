@@ -95,7 +95,7 @@ def test_readme_python_api_runs(fit_run: Path, monkeypatch: pytest.MonkeyPatch, 
     assert [s["method"] for s in report.summary] == ["asma", "pgd"]
     threats = {(r["defense"], r["attack"], r["threat_model"]) for r in ns["defense_rows"]}
     assert {("none", "asma", "none (no defense)"), ("jpeg", "asma", "adaptive BPDA"), ("fr", "pgd", "oblivious")} <= threats
-    assert len(ns["defense_rows"]) == 2 * (1 + 2 * 2)  # per attack: baseline + (oblivious, adaptive) per defense
+    assert len(ns["defense_rows"]) == 2 * (1 + 2 * 5)  # per attack: baseline + per defense oblivious, BPDA, surrogate, STE, worst case
     written = fit_run / "runs" / "my_evaluation"
     assert {"per_image.csv", "summary.md", "defense.md", "defense.csv", "results.json"} <= {p.name for p in written.iterdir()}
     assert "| fr | pgd | adaptive BPDA |" in report.markdown

@@ -74,8 +74,10 @@ def test_bind_task_scores_glaucoma_disc_and_cup_structures():
     atk = bind_task(build_attack("synthesis"), get_task("disc_cup"))
     assert atk.config.structures == [[1, 2], [2]]
     assert atk.config.kwargs()["structures"] == ((1, 2), (2,))
-    pgd = bind_task(build_attack("pgd"), get_task("disc_cup"))  # attacks without the field are untouched
-    assert not hasattr(pgd.config, "structures")
+    pgd = bind_task(build_attack("pgd"), get_task("disc_cup"))  # PGD picks its best iterate by the same Dice
+    assert pgd.config.structures == [[1, 2], [2]]
+    asma = bind_task(build_attack("asma"), get_task("disc_cup"))  # attacks without the field are untouched
+    assert not hasattr(asma.config, "structures")
     assert set(dataclasses.asdict(atk.config)) >= {"dice_drop", "tol", "max_disp_px", "diffeomorphic", "eps_bias", "noise_std"}
 
 

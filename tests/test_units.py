@@ -133,7 +133,7 @@ def test_the_attack_command_reports_progress_of_every_phase(run):
         assert any(l.startswith(f"{phase}: {total}/{total} {unit} (100 %)") and "done in" in l for l in lines), phase
     done = [l for l in lines if l.startswith("defense report: ") and "done in" in l]
     m = re.match(r"defense report: (\d+)/(\d+) phase \(100 %\)", done[0])
-    assert m and m.group(1) == m.group(2) == str(2 * (1 + 1 + 1) + 2)  # 2 attacks x (none, oblivious, BPDA) + 2 sanity
+    assert m and m.group(1) == m.group(2) == str(2 * (1 + 1 + 3) + 2)  # 2 attacks x (none, oblivious, BPDA, SURROGATE, STE) + 2 sanity
 
 
 def test_units_converters():

@@ -175,3 +175,28 @@ def test_robustness_is_an_interactive_chart(study):
     assert table["data"] and all(r[1] == "fit / pgd (n=4)" for r in table["data"])  # model kind / attack (images)
     history = {"/".join(i.nested_key) or i.key for h in _of(wandb_records(run), "history") for i in h.item}
     assert any(k.startswith("attack/robustness_chart") for k in history), sorted(history)
+
+
+def test_offline_lineage_falls_back_to_the_config_without_wandbs_internal_call(tmp_path, capsys):
+    """``run._log_artifact`` is wandb's internal API: on a release without it the checkpoint is still named, in the
+    run's config, with its digest, and one line says the lineage is missing."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lightning_seg.training.trainer import use_checkpoint_artifact
+
+    ckpt = tmp_path / "fit" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+
+    class Config(dict):
+        def update(self, values, allow_val_change=False):
+            super().update(values)
+
+    run = SimpleNamespace(settings=SimpleNamespace(_offline=True), config=Config())  # no _log_artifact
+    cfg = OmegaConf.create({"logger": {"log_checkpoints": True}})
+    assert use_checkpoint_artifact(run, cfg, ckpt) is None
+    record = run.config["input_checkpoint"]
+    assert record["artifact"].startswith("model-") and len(record["digest"]) == 32 and record["path"] == str(ckpt)
+    assert "not as lineage" in capsys.readouterr().out

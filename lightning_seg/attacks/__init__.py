@@ -44,6 +44,7 @@ from lightning_seg.attacks.pgd import default_alpha, fgsm, pgd
 from lightning_seg.attacks.result import AttackResult
 from lightning_seg.attacks.sea import sea
 from lightning_seg.attacks.segpgd import segpgd
+from lightning_seg.attacks.square import square
 from lightning_seg.attacks.universal import (
     UniversalPerturbation,
     hide_class_target,
@@ -57,7 +58,9 @@ ApgdConfig = _config_class("ApgdConfig", "apgd", (apgd,), doc="""APGD (Croce & H
 loss (SEA's masked / balanced CE and JS, soft Dice, margin, SegPGD, CosPGD); eps in [0,1] units.""")
 SeaConfig = _config_class("SeaConfig", "sea", (sea,), doc="""SEA (Croce, Singh & Hein, ECCV 2024): per-image worst
 case over APGD members (balanced masked CE, masked CE, JS) at radius 2 eps -> 1.5 eps -> eps.""")
-for _name, _fn, _cfg in (("apgd", apgd, ApgdConfig), ("sea", sea, SeaConfig)):
+SquareConfig = _config_class("SquareConfig", "square", (square,), doc="""Square Attack (Andriushchenko et al., ECCV
+2020), Linf, query-based black-box: random square updates kept when the Dice (ties: the loss) improves.""")
+for _name, _fn, _cfg in (("apgd", apgd, ApgdConfig), ("sea", sea, SeaConfig), ("square", square, SquareConfig)):
     FUNCTIONS[_name], CONFIGS[_name] = (_fn,), _cfg
     _register(_name)
 
@@ -77,6 +80,7 @@ __all__ = [
     "PgdConfig",
     "SeaConfig",
     "SegPgdConfig",
+    "SquareConfig",
     "SsmConfig",
     "SynthesisConfig",
     "UniversalAttack",
@@ -106,6 +110,7 @@ __all__ = [
     "pixel_accuracy",
     "sea",
     "segpgd",
+    "square",
     "ssm",
     "universal_attack",
     "universal_perturbation",

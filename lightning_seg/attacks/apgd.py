@@ -139,9 +139,10 @@ def apgd_run(ctx: AttackContext, x0: Tensor, labels: Tensor, mask: Tensor, pm: T
         return g / per_image(g.flatten(1).norm(dim=1).clamp_min(1e-12))
 
     x = project(start)
-    f, g = evaluate(x, 1, steps > 0 and eps > 0)
-    eta = torch.full((B,), float(eta0), device=x0.device, dtype=x0.dtype)
-    if steps == 0 or eps == 0:  # nothing to move: the start is the output
+    moving = steps > 0 and bool(torch.as_tensor(eps).gt(0).any())  # eps, eta0: floats or per-image tensors [B]
+    f, g = evaluate(x, 1, moving)
+    eta = torch.as_tensor(eta0, device=x0.device, dtype=x0.dtype).expand(B).clone()
+    if not moving:  # nothing to move: the start is the output
         return best, eta
     x_max, f_max, g_max = x, f, g
     x_prev = x

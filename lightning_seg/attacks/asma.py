@@ -32,10 +32,25 @@ Schedules:
   are returned in ``extras["paper_stats"]``. The main result fields are always computed on
   the final clamped ``adv``. Cost: 2 forwards + 1 backward per iteration instead of 1 + 1.
 
-Returned iterate: the final one (for early-stopped images: the first iterate whose IoU reached
-the threshold). ``return_best=True`` instead returns, per image, the smallest-L2 iterate whose
-IoU reached the success threshold (falling back to the final iterate); with the ASM the L2 term
-can still shrink delta after the threshold is reached, which is when this helps.
+Per-image budget of the efficient schedule (all per image, all tensor operations between checks):
+
+* early stop at ``iou_threshold``; finished images are frozen and leave the forward at the next check
+  (``check_every`` = 2: at most one wasted forward per image, one host sync per two iterations);
+* shrink phase (``shrink_steps``, ``shrink``): after an image first reaches the threshold it runs a few more
+  iterations in which delta decays by the factor ``1 - shrink`` while the ASM step repairs the pixels that fall
+  back. The paper's L2 term does the same but at a rate of 2 mu per step, i.e. about 1e-6 of delta per iteration
+  with its constants (negligible);
+* ``return_best``: the smallest-L2 iterate that reached the success threshold is returned (the final iterate when
+  none did);
+* refinement (``refine_steps``): a forward-only bisection on the scale a in [0, 1] of each successful perturbation,
+  keeping the smallest ``a * delta`` that still reaches the threshold (the DPM's steps grow with the IoU and cross
+  the target's boundary);
+* stall stop (``stall_window``, ``stall_gain``): an image whose best IoU has not risen by ``stall_gain`` over the
+  last ``stall_window`` iterations stops (``extras["stalled"]``), so that targets out of reach (e.g. a disc drawn
+  where the image has none) do not run to ``max_iter``.
+
+``extras["iterations_to_target"]``: the steps taken before each image first reached the threshold (-1: never);
+``iterations`` counts every step including the shrink phase.
 
 Step multiplier units: tau/beta multiply the raw logit gradient, so they depend on the model,
 logit scale, resolution and number of active pixels and are not transferable across models:
@@ -119,6 +134,11 @@ class AsmaSettings:
     l2_weight: float
     return_best: bool
     check_every: int
+    refine_steps: int
+    shrink_steps: int
+    shrink: float
+    stall_window: int | None
+    stall_gain: float
 
     def multiplier(self, iou: Tensor, k: int) -> Tensor:
         """mu_k per image: the DPM's beta * IoU + tau from the second iterate on, tau otherwise."""
@@ -145,8 +165,13 @@ def asma(
     step_size: float = 0.02,
     l2_weight: float = 1.0,
     paper_exact: bool = False,
-    return_best: bool = False,
-    check_every: int = 10,
+    return_best: bool = True,
+    check_every: int = 2,
+    shrink_steps: int = 10,
+    shrink: float = 0.03,
+    refine_steps: int = 8,
+    stall_window: int | None = 100,
+    stall_gain: float = 0.01,
 ) -> AttackResult:
     """Targeted ASMA / ASM / SSM attack (Ozbulak et al. 2019, Eq. 1-3; see module docstring).
 
@@ -173,25 +198,41 @@ def asma(
         step_size: L2 length of the first step ("relative") or of every step at IoU 0 ("normalized").
         l2_weight: weight of the squared-L2 term (1 in the paper).
         paper_exact: reproduce the original two-forward schedule (needs ``iou_threshold=None``).
-        return_best: return the smallest-L2 iterate that reached the success threshold.
-        check_every: iterations between active-batch shrinks (one host sync each).
+        return_best: return, per image, the smallest-L2 iterate that reached the success threshold (the final
+            iterate when none did).
+        check_every: iterations between active-batch shrinks (one host sync each; finished images are frozen
+            in between and drop out of the forward at the next check).
+        shrink_steps: after an image first reaches ``iou_threshold``, this many more iterations in which delta
+            decays by the factor ``1 - shrink`` and the ASM step repairs the pixels that fall back (0 = stop at the
+            first success); the smallest successful iterate is returned.
+        shrink: the decay per shrink iteration.
+        refine_steps: forward-only bisection steps on the scale a in [0, 1] of each successful perturbation
+            (the smallest a whose x0 + a * delta still reaches the success threshold; 0 = off).
+        stall_window: stop an image whose best IoU has not risen by ``stall_gain`` over the last
+            ``max(stall_window, j)`` iterations, j the iteration of its last gain (None = never; needs early
+            stopping, ``iou_threshold`` not None).
+        stall_gain: the IoU gain that counts as progress for ``stall_window``.
 
     Returns:
         AttackResult (targeted=True; iou/pixel_acc vs ``targets``; success = IoU >= threshold).
     """
     if step not in ("raw", "normalized", "relative"):
         raise ValueError(f"step must be 'raw', 'normalized' or 'relative', got {step!r}")
-    if max_iter < 0 or check_every < 1:
-        raise ValueError("max_iter must be >= 0 and check_every >= 1")
+    if max_iter < 0 or check_every < 1 or refine_steps < 0 or shrink_steps < 0 or not 0 <= shrink < 1:
+        raise ValueError("max_iter, refine_steps and shrink_steps must be >= 0, check_every >= 1, 0 <= shrink < 1")
+    if stall_window is not None and stall_window < 1:
+        raise ValueError("stall_window must be None or >= 1")
     if paper_exact and iou_threshold is not None:
         raise ValueError("paper_exact=True runs a fixed number of iterations: set iou_threshold=None")
-    if paper_exact and return_best:
-        raise ValueError("return_best is not available with paper_exact=True (the reference returns the last iterate)")
+    if paper_exact:  # the reference returns its last iterate
+        return_best, refine_steps, shrink_steps = False, 0, 0
     x0, tgt, cnt, pm = check_inputs(images, targets, mask, perturbation_mask)
     s = AsmaSettings(adaptive_mask=adaptive_mask, dynamic_multiplier=dynamic_multiplier, tau=tau, beta=beta,
                      max_iter=max_iter, iou_threshold=iou_threshold,
                      threshold=success_threshold if iou_threshold is None else iou_threshold, step=step,
-                     step_size=step_size, l2_weight=l2_weight, return_best=return_best, check_every=check_every)
+                     step_size=step_size, l2_weight=l2_weight, return_best=return_best, check_every=check_every,
+                     refine_steps=refine_steps, shrink_steps=shrink_steps, shrink=shrink, stall_window=stall_window if iou_threshold is not None else None,
+                     stall_gain=stall_gain)
     extras: dict = {
         "adaptive_mask": adaptive_mask,
         "dynamic_multiplier": dynamic_multiplier,
@@ -203,19 +244,36 @@ def asma(
             delta, iters, stats = _paper_exact(ctx, x0, tgt, cnt, pm, s)
             extras["paper_stats"] = stats
         else:
-            delta, iters = _efficient(ctx, x0, tgt, cnt, pm, s)
+            delta, iters, stalled, first_hit = _efficient(ctx, x0, tgt, cnt, pm, s)
+            extras["stalled"] = stalled
+            extras["iterations_to_target"] = first_hit
+            if s.refine_steps:
+                delta, scale = _refine(ctx, x0, delta, tgt, cnt, s)
+                extras["refine_scale"] = scale
         return finish(ctx, x0, delta, tgt, cnt, targeted=True, iterations=iters, criterion="iou", threshold=s.threshold,
                       extras=extras)
 
 
 def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Tensor | None,
-               s: AsmaSettings) -> tuple[Tensor, Tensor]:
+               s: AsmaSettings) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One forward per iteration, per-image early stop at the threshold and on a stall. Returns the perturbation
+    (the smallest successful iterate with ``return_best`` or a shrink phase), the iterations per image, the stalled
+    flags and the steps before the first success (-1: never)."""
     B = x0.shape[0]
     delta = torch.zeros_like(x0)
     early = s.iou_threshold is not None
+    shrinking = early and s.shrink_steps > 0
+    keep_best = s.return_best or shrinking
     active = ActiveSet(B, x0.device, s.check_every if early else None)
-    best = delta.clone() if s.return_best else None
-    best_l2 = torch.full((B,), float("inf"), device=x0.device) if s.return_best else None
+    best = delta.clone() if keep_best else None
+    best_l2 = torch.full((B,), float("inf"), device=x0.device) if keep_best else None
+    hit = torch.zeros(B, dtype=torch.bool, device=x0.device)  # reached the threshold at least once
+    first_hit = torch.full((B,), -1, dtype=torch.long, device=x0.device)  # steps before the first success (-1: never)
+    after = torch.zeros(B, dtype=torch.long, device=x0.device)  # shrink iterations done
+    stalled = torch.zeros(B, dtype=torch.bool, device=x0.device)
+    watch = s.stall_window is not None
+    top_iou = torch.full((B,), -1.0, device=x0.device)  # best IoU so far (stall watch)
+    last_gain = torch.zeros(B, dtype=torch.long, device=x0.device)  # iteration of the last gain >= stall_gain
     ref = None
     for k in range(s.max_iter):
         if not active.running(k):
@@ -229,22 +287,80 @@ def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Ten
         g = ctx.grad(loss.sum(), d)  # images are independent: the sum keeps per-image gradients
         iou = per_image_iou(pred, ta, ca, int(z.shape[1]))
         d = d.detach()
-        if s.return_best:
-            ok = (iou >= s.threshold) & (l2_norm(d) < active.take(best_l2))
+        if keep_best:
+            l2 = l2_norm(d)
+            ok = (iou >= s.threshold) & (l2 < active.take(best_l2))
             best = active.put(best, torch.where(per_image(ok), d, active.take(best)))
-            best_l2 = active.put(best_l2, torch.where(ok, l2_norm(d), active.take(best_l2)))
+            best_l2 = active.put(best_l2, torch.where(ok, l2, active.take(best_l2)))
         if k == 0:
             ref = _ref_norm(g, s.step)
         upd = _step(g, s.multiplier(iou, k), s.step, s.step_size, s.tau, None if ref is None else active.take(ref))
-        go = active.step(iou >= s.iou_threshold if early else None)
+        finished = iou >= s.iou_threshold if early else None
+        if shrinking:  # reached once: shrink_steps more iterations of decay + ASM repair, the smallest success kept
+            reached = active.take(hit) | finished
+            hit = active.put(hit, reached)
+            first_hit = active.put(first_hit, torch.where(finished & (active.take(first_hit) < 0),
+                                                          torch.full_like(iou, k, dtype=torch.long),
+                                                          active.take(first_hit)))
+            upd = upd - per_image(s.shrink * reached.to(d.dtype)) * d
+            count = active.take(after) + reached.long()
+            after = active.put(after, count)
+            finished = (count > s.shrink_steps) | (active.take(first_hit) == 0)  # delta = 0 already on target
+        elif early:
+            first_hit = active.put(first_hit, torch.where(finished & (active.take(first_hit) < 0),
+                                                          torch.full_like(iou, k, dtype=torch.long),
+                                                          active.take(first_hit)))
+            reached = finished
+        if watch:
+            gain = iou >= active.take(top_iou) + s.stall_gain
+            top_iou = active.put(top_iou, torch.maximum(active.take(top_iou), iou))
+            last = active.put(last_gain, torch.where(gain, torch.full_like(iou, k, dtype=torch.long),
+                                                     active.take(last_gain)))
+            last_gain = last
+            since = active.take(last_gain)  # a plateau counts as a stall once it outlasts both the window and
+            stall = (k - since >= torch.clamp(since, min=s.stall_window)) & ~reached & ~active.take(active.done)
+            # the progress before it (slow schedules, e.g. the raw step, flip pixels at growing intervals)
+            stalled = active.put(stalled, active.take(stalled) | stall)
+            finished = finished | stall
+        go = active.step(finished)
         if go is not None:
             upd = upd * per_image(go.to(upd.dtype))
         delta = active.put(delta, project_box(xa, d + upd, None if pm is None else active.take(pm)))
-    if s.return_best:
+    if keep_best:
         # the final iterate may itself be the best one; it is evaluated in `finish` only, so
         # keep it unless an earlier iterate is known to be smaller and successful
         delta = torch.where(per_image(torch.isfinite(best_l2)), best, delta)
-    return delta, active.iterations
+    return delta, active.iterations, stalled, first_hit
+
+
+@torch.no_grad()
+def _refine(ctx: AttackContext, x0: Tensor, delta: Tensor, tgt: Tensor, cnt: Tensor,
+            s: AsmaSettings) -> tuple[Tensor, Tensor]:
+    """Shrink each successful perturbation along its own direction: bisection on a in [0, 1] for the smallest
+    ``x0 + a * delta`` whose IoU still reaches the threshold (``refine_steps`` forwards, no backward). The ASMA
+    steps grow with the IoU (DPM) and overshoot the target's boundary; the paper's L2 term pulls them back only by
+    2 mu ||delta|| per step. ``a * delta`` stays in the box and the perturbation mask (both convex, contain 0).
+    Images that did not succeed at ``a = 1`` keep their delta (scale 1). Returns the new delta and the scale."""
+    B = x0.shape[0]
+    z = ctx.forward((x0 + delta).clamp(0.0, 1.0))
+    ok0 = per_image_iou(class_map(z), tgt, cnt, int(z.shape[1])) >= s.threshold
+    idx = ok0.nonzero().squeeze(1)  # one host sync for the whole refinement
+    scale = torch.ones(B, device=x0.device)
+    if idx.numel() == 0:
+        return delta, scale
+    xs, ds, ts, cs = x0[idx], delta[idx], tgt[idx], cnt[idx]
+    lo = torch.zeros(idx.numel(), device=x0.device)
+    hi = torch.ones_like(lo)
+    for _ in range(s.refine_steps):
+        mid = (lo + hi) / 2
+        z = ctx.forward((xs + per_image(mid) * ds).clamp(0.0, 1.0))
+        good = per_image_iou(class_map(z), ts, cs, int(z.shape[1])) >= s.threshold
+        hi = torch.where(good, mid, hi)
+        lo = torch.where(good, lo, mid)
+    delta = delta.clone()
+    delta[idx] = per_image(hi) * ds
+    scale[idx] = hi
+    return delta, scale
 
 
 def _paper_exact(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Tensor | None,
@@ -279,10 +395,12 @@ def _paper_exact(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: T
     return delta, iters, stats
 
 
+# the ablations keep a fixed multiplier, whose steps shrink as pixels flip: they progress at growing intervals and run
+# without the stall stop (their comparison with ASMA is at the same iteration budget)
 ssm = variant(asma, "ssm", "SSM: ASMA without adaptive mask and with a fixed multiplier (paper ablation).",
-              adaptive_mask=False, dynamic_multiplier=False)
+              adaptive_mask=False, dynamic_multiplier=False, stall_window=None)
 asm = variant(asma, "asm", "ASM: adaptive mask with a fixed multiplier (paper ablation).",
-              adaptive_mask=True, dynamic_multiplier=False)
+              adaptive_mask=True, dynamic_multiplier=False, stall_window=None)
 
 
 __all__ = ["AsmaSettings", "asm", "asma", "ssm"]

@@ -15,6 +15,11 @@ Universal update (L-infinity): ``xi <- clip_eps(xi - alpha sign(sum_k grad_xi J(
 step per mini-batch (the gradient summed over the batch's images), ``epochs`` passes over
 ``batches``. The learned ``xi`` ([1,C,H,W]) is then added to unseen images
 (:meth:`UniversalPerturbation.apply`) and evaluated with :func:`universal_attack`.
+
+No best iterate and no restarts: the perturbation is one tensor shared by every image, fitted on training batches,
+so there is no per-image iterate to choose (a per-image choice would no longer be universal), and the evaluation
+applies it once. Both functions have no ``restarts`` parameter, so ``attack.up.restarts=...`` fails as an unknown
+parameter instead of being ignored; fit again with another ``seed`` and ``random_start=true`` to compare starts.
 """
 
 from __future__ import annotations

@@ -1,18 +1,28 @@
 """The ``attack`` command: run registered attacks on a trained segmenter and report Table-1 style results.
 
-Protocol of the ASMA paper (Ozbulak et al., MICCAI 2019): the first ``attack_eval.num_images`` images of a split are
-attacked; targeted attacks aim at another image's mask (a seeded derangement of those images, or a
+Protocol of the ASMA paper (Ozbulak et al., MICCAI 2019): the images of a split (all of them, or the first
+``attack_eval.num_images``) are attacked; targeted attacks aim at another image's mask (a seeded derangement of those images, or a
 clinical edit from ``lightning_seg.attacks.targets``); untargeted attacks use the ground truth. Every image's
 result is kept: success, IoU and pixel accuracy against the attack's reference (target or ground
 truth), L2 / Linf / RMS of the perturbation, iterations, and Dice of the adversarial prediction
 against the ground truth. The run folder gets ``per_image.{csv,json}``, ``summary.{md,csv}``,
 ``panels/*.png`` and ``results.json``; W&B gets the same tables and the panels with mask overlays.
 
+The attacks run through Lightning (:mod:`lightning_seg.evaluation.attack_loop`) on the ``trainer`` section's devices:
+one CPU or GPU, or DDP (``trainer=ddp``, ``trainer=ddp_cpu``), each rank attacking its own shard of the images without
+padding. Every batch's results are kept in the run folder as they finish; the launching process (rank 0) merges them
+in image order and writes the same files as one process would. A rerun on that folder (``attack_eval.resume=<run
+folder>``, or the same ``run.name``) attacks only the images not done yet. The defense report and the robustness sweep
+run afterwards in the launching process, over the attacked images. ``attack_eval.quantize=true`` scores the
+adversarial images after a uint8 round-trip.
+
 This module loads, loops and calls: the scores and files are written by :mod:`lightning_seg.evaluation`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +36,11 @@ from torch import Tensor, nn
 from lightning_seg.attacks import AttackResult, UniversalAttack, bind_task, build_attack, hide_class_target, is_targeted
 from lightning_seg.attacks.targets import derangement_pairs, make_target
 from lightning_seg.config import ConfigError, defense_section, to_plain
+from lightning_seg.evaluation.attack_loop import fingerprint, iter_merged, run_sharded, shard_jobs
 from lightning_seg.evaluation.attack_report import UNITS_NOTE, attack_markdown, method_report, write_attack_results
 from lightning_seg.evaluation.defense_report import defense_report, write_defense_report
-from lightning_seg.evaluation.inference import attack_batches, predict
+from lightning_seg.evaluation.inference import attack_batches, predict, success_rule
+from lightning_seg.evaluation.min_budget import min_budget_report
 from lightning_seg.evaluation.progress import Progress
 from lightning_seg.evaluation.robustness import flag_monotone, model_curve, robustness_sweep, write_robustness
 from lightning_seg.evaluation.wandb_log import AttackLogger
@@ -37,7 +49,7 @@ from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.runs import new_run_dir, resolve_checkpoint, run_scope
 from lightning_seg.training.checkpoint import load_module
 from lightning_seg.training.module import SegmentationModule
-from lightning_seg.training.trainer import build_datamodule_from, defense_hparams
+from lightning_seg.training.trainer import build_datamodule_from, defense_hparams, trainer_arguments
 from lightning_seg.training.weights import module_from_weights
 from lightning_seg.viz.panels import save_panels
 
@@ -73,7 +85,9 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
     ckpt = None if cfg.run.weights else resolve_checkpoint(cfg.run.ckpt, cfg.run.output_dir)
     pl.seed_everything(cfg.seed, verbose=False)
     inputs = _load_inputs(cfg, ckpt, attacks)  # before the run folder: a request that cannot run leaves no folder behind
-    run_dir = new_run_dir(cfg.run.output_dir, "attack", cfg.data.name, cfg.run.name)
+    resume = cfg.attack_eval.resume
+    run_dir = Path(resume).expanduser() if resume else new_run_dir(cfg.run.output_dir, "attack", cfg.data.name,
+                                                                    cfg.run.name)
     with run_scope(run_dir):
         return _attack(cfg, attacks, ckpt, inputs, run_dir)
 
@@ -82,40 +96,74 @@ def _check_request(cfg: DictConfig) -> None:
     """What only the attack command needs (the values themselves are checked when the config is composed)."""
     if cfg.attack_eval.defenses and not cfg.attack:
         raise ConfigError("attack_eval.defenses needs attacks to evaluate them under: add attack=[asma,pgd]")
-    if not cfg.attack and not cfg.attack_eval.eps_sweep:
-        raise ConfigError("Nothing to do: choose attacks (attack=[ssm,asm,asma,dag]) and/or a sweep "
-                          "(attack_eval.eps_sweep=[1/255,4/255])")
+    if not cfg.attack and not cfg.attack_eval.eps_sweep and not cfg.attack_eval.min_budget.enabled:
+        raise ConfigError("Nothing to do: choose attacks (attack=[ssm,asm,asma,dag]), a sweep "
+                          "(attack_eval.eps_sweep=[1/255,4/255]) and/or attack_eval.min_budget.enabled=true")
+    if cfg.attack_eval.quantize:
+        for key, params in to_plain(cfg.attack).items():
+            if success_rule(build_attack(params.pop("name", key), **params)) is None:
+                raise ConfigError(f"attack_eval.quantize=true re-scores the quantized images with the attack's success "
+                                  f"rule, which attack={key} does not have: drop it or set attack_eval.quantize=false")
+    resume = cfg.attack_eval.resume
+    if resume and not (Path(resume).expanduser() / "config.yaml").is_file():
+        raise ConfigError(f"attack_eval.resume={resume} is not an attack run folder (no config.yaml in it): give the "
+                          "folder of the attack run to continue")
 
 
 def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path | None, inputs: AttackInputs,
             run_dir: Path) -> dict[str, Any]:
     ev = cfg.attack_eval
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    launcher = _is_launcher()
+    if launcher:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    jobs = _jobs(cfg, attacks, ckpt, inputs, run_dir)
+    stopped = False
+    try:  # every rank: its shard of every attack, one progress bar with ETA per attack (rank 0)
+        rank = run_sharded(_trainer_kwargs(cfg, run_dir), inputs.net, jobs, inputs.images, inputs.valid,
+                           batch_size=ev.batch_size, seed=ev.seed, quantize=ev.quantize)
+    except KeyboardInterrupt:  # the batches written so far stay for a resume; finished attacks are reported
+        stopped, rank = True, 0 if launcher else 1
+    if rank != 0:  # DDP ranks > 0: their rows are in the run folder, rank 0 writes the results
+        return {"command": "attack", "run_dir": str(run_dir), "rank": rank, "table": f"(rank {rank}: shards written)"}
     logger = AttackLogger(cfg, run_dir, ckpt)  # W&B: the study's group, the checkpoint artifact as input
     done = _Done()
     n_images = len(inputs.images)
     n_sweep = max(1, len(ev.checkpoints)) * len(ev.sweep_attacks) * len(ev.eps_sweep)
-    try:  # one progress bar (off a terminal: a log line at least every 30 s) per attack, defense report and sweep
-        for name, atk in attacks.items():
-            with Progress(f"attack {name}", n_images) as progress:
-                _attack_one(cfg, name, atk, inputs, run_dir, progress, logger, done)
+    try:  # one progress bar (off a terminal: a log line at least every 30 s) per defense report and sweep
+        for (name, merged, seconds), job in zip(iter_merged(jobs, n_images), jobs):
+            if merged is None and not stopped:
+                raise RuntimeError(f"attack {name}: images missing from {job.folder} after every rank finished")
+            if merged is not None:
+                _attack_one(cfg, name, attacks[name], inputs, run_dir, merged, job.reference, seconds, logger, done)
+        if stopped:
+            raise KeyboardInterrupt
         if ev.defenses:
             with Progress("defense report", 0, unit="phase") as progress:
                 done.defense = _defense_report(cfg, ckpt, inputs, attacks, done.adversarial, run_dir, logger, progress)
         if ev.eps_sweep:
             with Progress("robustness sweep", n_sweep * n_images) as progress:
                 done.robustness = _sweep(cfg, ckpt, inputs, run_dir, progress, logger)
+        if ev.min_budget.enabled:  # rank 0, over the attacked images, as the defense report and the sweep
+            print(f"attack: minimum budget per image ({ev.min_budget.attack}, {ev.min_budget.bisection_steps} "
+                  f"halvings of [0, {ev.min_budget.eps_max * 255:g}/255])", flush=True)
+            done.min_budget = min_budget_report(inputs.net, inputs.images, inputs.labels, inputs.module.task,
+                                                inputs.valid, ev.min_budget, run_dir, name=_source(ckpt, inputs),
+                                                names=inputs.keys, batch_size=ev.batch_size, seed=ev.seed)
         not_run: list[str] = []
     except KeyboardInterrupt:  # keep what finished: its rows and summary, marked partial
         not_run = [k for k in attacks if k not in done.panels]
         not_run += [part for part, asked, got in (("defense report", ev.defenses, done.defense),
-                                                  ("robustness sweep", ev.eps_sweep, done.robustness)) if asked and not got]
+                                                  ("robustness sweep", ev.eps_sweep, done.robustness),
+                                                  ("minimum budget", ev.min_budget.enabled, done.min_budget))
+                    if asked and not got]
     result = {"command": "attack", "run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None}
     if inputs.weights:
         result["weights"] = inputs.weights
     result |= {"table": attack_markdown(done.summaries, done.robustness, done.defense), "summary": done.summaries,
               "panels": {k: [str(p) for p in v] for k, v in done.panels.items()}, "robustness": done.robustness,
-              "defense": done.defense}
+              "defense": done.defense, "min_budget": done.min_budget}
+    if done.min_budget:
+        result["table"] += ("\n\n" if result["table"] else "") + (run_dir / "min_budget.md").read_text()
     result |= {"data": inputs.datamodule.describe(), "num_images": len(inputs.images)}
     header = (f"{_source(ckpt, inputs)}, {cfg.data.name} ({cfg.data.source}), {len(inputs.images)} {ev.split} images, "
               f"targets: {ev.target}. {UNITS_NOTE}")
@@ -139,13 +187,53 @@ class _Done:
     adversarial: dict[str, Tensor] = field(default_factory=dict)  # crafted on the checkpoint's net: defense report
     defense: dict[str, Any] | None = None
     robustness: list[dict[str, Any]] | None = None
+    min_budget: dict[str, Any] | None = None
 
 
-def _attack_one(cfg: DictConfig, name: str, atk: Any, inputs: AttackInputs, run_dir: Path, progress: Any,
-                logger: AttackLogger, done: _Done) -> None:
-    """Run one attack over all images, score it, save its panels and log it."""
+def _is_launcher() -> bool:
+    """The process that writes the results (rank 0; DDP children and other ranks only attack their shards)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _trainer_kwargs(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The ``trainer`` section's devices and strategy for the attack phase; no logger, checkpoints or Lightning
+    progress bar (the command shows its own per attack), full precision as the attacks' budgets assume, and no
+    SyncBatchNorm (the network is in eval mode)."""
+    return {**trainer_arguments(cfg), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+            "sync_batchnorm": False, "precision": "32-true", "callbacks": [], "default_root_dir": str(run_dir)}
+
+
+def _jobs(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path | None, inputs: AttackInputs, run_dir: Path) -> list:
+    """Every attack's masks to aim at, shard folder (named by a fingerprint of everything that changes its results)
+    and images left to do; a universal perturbation with images left is fitted first (on every rank alike)."""
+    ev, task = cfg.attack_eval, inputs.module.task
+    references, keys = {}, {}
+    source = str(ckpt) if ckpt is not None else (inputs.weights or {}).get("sha256")
+    sections = to_plain(cfg.attack)
+    for name, atk in attacks.items():
+        bind_task(atk, task)
+        reference = inputs.targets if is_targeted(atk) else inputs.labels
+        if isinstance(atk, UniversalAttack):
+            reference = hide_class_target(inputs.clean_pred, atk.config.hide_class, task.num_classes)
+        references[name] = reference
+        keys[name] = fingerprint(sections.get(name), source, to_plain(cfg.data), ev.split, ev.seed, ev.quantize,
+                                 ev.up_train_batches if isinstance(atk, UniversalAttack) else None, inputs.keys,
+                                 reference)
+    jobs = shard_jobs(run_dir, attacks, references, len(inputs.images), keys)
+    for job in jobs:
+        if isinstance(job.attack, UniversalAttack) and job.todo:
+            job.attack.fit(inputs.net, _train_batches(inputs.datamodule, ev.up_train_batches, inputs.images.device))
+    return jobs
+
+
+def _attack_one(cfg: DictConfig, name: str, atk: Any, inputs: AttackInputs, run_dir: Path, merged: AttackResult,
+                reference: Tensor, seconds: float, logger: AttackLogger, done: _Done) -> None:
+    """Score one attack's merged results (all images, in order), save its panels and log it."""
     ev = cfg.attack_eval
-    results, reference, seconds = _run(cfg, atk, inputs, progress)
+    device = inputs.labels.device
+    results = [dataclasses.replace(merged, **{f.name: getattr(merged, f.name).to(device) for f in
+                                              dataclasses.fields(merged) if isinstance(getattr(merged, f.name), Tensor)})]
+    reference = reference.to(device)
     method_rows, summary = _score(name, atk, results, reference, seconds, inputs)
     adv, adv_pred = torch.cat([r.adv for r in results]), torch.cat([r.pred for r in results])
     if not isinstance(atk, UniversalAttack):
@@ -173,7 +261,9 @@ def _load_inputs(cfg: DictConfig, ckpt: Path | None, attacks: dict[str, Any] | N
         if module.task.name != cfg.data.task:
             raise ConfigError(f"Checkpoint {ckpt} was trained for task {module.task.name!r} but data.task="
                               f"{cfg.data.task!r}: use data.task={module.task.name} (or leave it at the checkpoint's)")
-    device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
+    # DDP on GPUs: each rank's own GPU (LOCAL_RANK), where Lightning will put its shard's batches
+    gpu = cfg.trainer.accelerator == "gpu" and torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if gpu else torch.device("cpu")
     module.net.eval().to(device)
     dm = build_datamodule_from(cfg)
     _require_splits(dm, cfg, attacks or {})
@@ -234,7 +324,7 @@ def _check_split_size(dm: Any, ev: Any, attacks: dict[str, Any]) -> None:
         raise ConfigError(f"attack_eval.target=other_image aims each image at another image's mask, but the {ev.split} "
                           f"split holds {size} image{'' if size == 1 else 's'} ({shown}; targeted attacks: "
                           f"{', '.join(targeted)}): use {fix}")
-    if size < ev.num_images:
+    if ev.num_images is not None and size < ev.num_images:
         print(f"attack: the {ev.split} split holds {size} image{'' if size == 1 else 's'}, fewer than "
               f"attack_eval.num_images={ev.num_images}: attacking all {size}", flush=True)
 
@@ -248,7 +338,8 @@ def _run(cfg: DictConfig, atk: Any, inputs: AttackInputs, progress: Any) -> tupl
         atk.fit(inputs.net, _train_batches(inputs.datamodule, ev.up_train_batches, inputs.images.device))
         reference = hide_class_target(inputs.clean_pred, atk.config.hide_class, task.num_classes)
     start = time.perf_counter()
-    results = attack_batches(atk, inputs.net, inputs.images, reference, ev.batch_size, progress, valid=inputs.valid)
+    results = attack_batches(atk, inputs.net, inputs.images, reference, ev.batch_size, progress, valid=inputs.valid,
+                             quantize=bool(ev.get("quantize", False)))
     return results, reference, time.perf_counter() - start
 
 
@@ -296,14 +387,15 @@ def _defense_report(cfg: DictConfig, ckpt: Path | None, inputs: AttackInputs, at
     return report
 
 
-def _load_split(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
+def _load_split(dm: Any, split: str, n: int | None, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
     return _load_split_padded(dm, split, n, device)[:3]
 
 
-def _load_split_padded(dm: Any, split: str, n: int, device: torch.device) -> tuple[Tensor, Tensor, list[str], Tensor, Tensor]:
-    """Images, labels, keys, validity maps (False on padding) and original (H, W) of the first ``n`` images."""
+def _load_split_padded(dm: Any, split: str, n: int | None, device: torch.device) -> tuple[Tensor, Tensor, list[str], Tensor, Tensor]:
+    """Images, labels, keys, validity maps (False on padding) and original (H, W) of the first ``n`` images (None:
+    all of the split)."""
     ds = dm.dataset(split)
-    n = min(n, len(ds))
+    n = len(ds) if n is None else min(n, len(ds))
     if n < 1:
         raise ConfigError(f"attack_eval.split={split!r}: the {split} split is empty, nothing to attack")
     items = [ds[(i, 0)] for i in range(n)]

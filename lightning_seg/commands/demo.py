@@ -51,7 +51,7 @@ def _checkpoint(fitted: dict[str, Any]) -> str:
 
 
 def _preview(ckpt: str, n: int = 4) -> np.ndarray:
-    """Validation images of the checkpoint's data with ground truth (green/blue) and prediction (red/yellow) contours."""
+    """Validation images of the checkpoint's data with ground-truth (Okabe-Ito blue / sky blue) and prediction (orange / vermillion) contours."""
     module = load_module(ckpt)
     dm = build_datamodule_from(compose_for("validate", [f"run.ckpt={ckpt}"]))  # the data the checkpoint was trained on
     dm.setup()

@@ -2,7 +2,7 @@
 
 Registry ``DEFENSES`` (names: ``none``, ``fr``, ``jpeg``, ``bit_depth``, ``median``, ``gaussian``,
 ``random_noise``); build with :func:`build_defense`; compose with a model via :class:`DefendedModel`
-(gradient ``exact`` / ``bpda`` / ``surrogate``, EOT for randomised defenses).
+(gradient ``exact`` / ``bpda`` / ``surrogate`` / ``ste``, EOT for randomised defenses).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from lightning_seg.defenses.defended import (
     ATTACKER_KEYS,
     GRADIENT_MODES,
     DefendedModel,
+    applicable_modes,
     defend,
     defense_from_config,
     defense_with_gradient,
@@ -48,6 +49,7 @@ __all__ = [
     "MedianFilter",
     "NoDefense",
     "RandomNoise",
+    "applicable_modes",
     "bit_depth_reduction",
     "blockwise_quantize",
     "build_defense",

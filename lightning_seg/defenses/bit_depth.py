@@ -35,6 +35,7 @@ class BitDepth(Defense):
     """Bit-depth reduction module; see :func:`bit_depth_reduction`."""
 
     rounds = True
+    ste_is_bpda = True  # round(L x) / L with a straight-through rounding is x on [0,1]: the BPDA-identity gradient
 
 
     def __init__(self, bits: int = _BITS["bits"], rounding: str = _BITS["rounding"]) -> None:

@@ -14,6 +14,19 @@ Gradient modes (the forward value is always ``model(defense(x))``):
 - ``"surrogate"``: forward through the real transform, backward through the same transform with
   cubic rounding ``round(x) + (x - round(x))^3`` (Shin & Song 2017). For transforms without rounding
   (median, Gaussian, noise) this equals ``"exact"``.
+- ``"ste"`` (straight-through): forward through the real transform, backward through the same transform with only
+  its rounding replaced by the identity (``round_with_mode(..., "ste")``); every other step of the transform (colour
+  conversion, chroma subsampling and upsampling, padding, the output clamp to [0,1]) keeps its true gradient. It is
+  NOT the same as BPDA-identity, which replaces the whole transform by the identity: for JPEG the chroma subsampling
+  low-passes the straight-through gradient of Cb/Cr, and for FR and JPEG the output clamp zeroes it where the
+  transform's output saturates. For bit-depth reduction the two coincide (``round(L x) / L`` with the rounding
+  passed straight through is ``x`` on [0,1], and neither clamp is active there, up to float ties at exactly 0 or 1), so
+  :func:`applicable_modes` counts it once (as ``bpda``). For transforms without rounding it equals ``"exact"``.
+
+:func:`applicable_modes` lists the distinct modes worth trying on a defense (the defense report tries each and
+reports the worst case): ``bpda`` always; for rounding defenses ``surrogate`` and ``ste`` (where different from
+``bpda``) but not ``exact`` (zero almost everywhere: the attack would not move from its start); for differentiable
+defenses ``exact`` (then ``surrogate`` and ``ste`` are the same gradient and are not repeated).
 
 Randomised defenses need EOT (Expectation over Transformation, Athalye et al. 2018):
 ``eot_samples = n`` averages the logits over n independent transform samples in ``forward``
@@ -31,7 +44,18 @@ from torch import Tensor, nn
 
 from lightning_seg.defenses.base import Defense, build_defense, parameter_names
 
-GRADIENT_MODES: tuple[str, ...] = ("exact", "bpda", "surrogate")
+GRADIENT_MODES: tuple[str, ...] = ("exact", "bpda", "surrogate", "ste")
+
+
+def applicable_modes(defense: nn.Module) -> list[str]:
+    """The distinct gradient modes an adaptive attacker should try on ``defense`` (module docstring), ``bpda``
+    first. A defense sets ``ste_is_bpda = True`` when its straight-through gradient equals the identity (bit depth)."""
+    if not getattr(defense, "rounds", False):
+        return ["bpda", "exact"]
+    modes = ["bpda", "surrogate"]
+    if not getattr(defense, "ste_is_bpda", False):
+        modes.append("ste")
+    return modes
 
 
 def check_attacker(gradient: str, eot_samples: int, prefix: str = "") -> None:
@@ -58,6 +82,13 @@ def defense_with_gradient(defense: nn.Module, x: Tensor, gradient: str = "bpda")
             y = defense(x)
         y_sur = defense(x, rounding="cubic")
         return y_sur + (y - y_sur).detach()
+    if gradient == "ste":
+        if not getattr(defense, "rounds", False):
+            return defense(x)
+        with torch.no_grad():
+            y = defense(x)
+        y_ste = defense(x, rounding="ste")  # same value up to rounding error; the exact value is y
+        return y_ste + (y - y_ste).detach()
     raise ValueError(f"gradient={gradient!r} is not a gradient mode; use one of {', '.join(GRADIENT_MODES)}.")
 
 
@@ -68,7 +99,7 @@ class DefendedModel(nn.Module):
         model: segmentation network (logits out).
         defense: a :class:`Defense`, any image-to-image ``nn.Module``, a registered name
             (``"fr"``) or a config (mapping / dataclass with ``name``).
-        gradient: ``"exact"``, ``"bpda"`` or ``"surrogate"`` (chosen per attack).
+        gradient: ``"exact"``, ``"bpda"``, ``"surrogate"`` or ``"ste"`` (chosen per attack).
         eot_samples: number of transform samples whose logits are averaged (1 for deterministic defenses).
     """
 
@@ -163,5 +194,15 @@ def eot_input_grad(
     return loss_sum / n_samples, grad_sum / n_samples
 
 
-__all__ = ["ATTACKER_KEYS", "GRADIENT_MODES", "DefendedModel", "Defense", "check_attacker", "defend", "defense_from_config",
-           "defense_with_gradient", "eot_input_grad"]
+__all__ = [
+    "ATTACKER_KEYS",
+    "GRADIENT_MODES",
+    "DefendedModel",
+    "Defense",
+    "applicable_modes",
+    "check_attacker",
+    "defend",
+    "defense_from_config",
+    "defense_with_gradient",
+    "eot_input_grad",
+]

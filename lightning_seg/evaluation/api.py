@@ -82,11 +82,12 @@ class _Evaluated:
 
 def evaluate_model(model: nn.Module, datamodule: Any, attacks: Sequence[AttackSpec] | Mapping[str, Any] = ("asma",),
                    defenses: Sequence[str] | Mapping[str, Mapping[str, Any]] = (), *, split: str = "val",
-                   num_images: int = 32, batch_size: int = 16, target: str = "other_image",
+                   num_images: int | None = None, batch_size: int = 16, target: str = "other_image",
                    target_params: Mapping[str, Any] | None = None, target_base: str = "label", seed: int = 0,
-                   device: str | torch.device | None = None, progress: Any = None) -> EvaluationReport:
-    """Attack the first ``num_images`` images of ``split`` with every attack, then evaluate every defense in front of
-    the model; the same protocol and numbers as the ``attack`` command with ``attack_eval.*`` set to these arguments.
+                   quantize: bool = False, device: str | torch.device | None = None,
+                   progress: Any = None) -> EvaluationReport:
+    """Attack the images of ``split`` (all, or the first ``num_images``) with every attack, then evaluate every defense
+    in front of the model; the same protocol and numbers as the ``attack`` command with ``attack_eval.*`` set to these arguments.
 
     Args:
         model: a :class:`~lightning_seg.training.module.SegmentationModule` (e.g. from
@@ -101,7 +102,9 @@ def evaluate_model(model: nn.Module, datamodule: Any, attacks: Sequence[AttackSp
             the ground truth.
         defenses: names of ``conf/defense/*.yaml`` (``"fr"``, ``"jpeg"``, ...) or a mapping label -> defense section
             (``{"jpeg50": {"name": "jpeg", "quality": 50}}``), each evaluated under oblivious and adaptive attackers.
-        split, num_images, batch_size, target, target_params, target_base, seed: ``attack_eval.*`` of the command.
+        split, num_images, batch_size, target, target_params, target_base, seed, quantize: ``attack_eval.*`` of the
+            command (``num_images=None``: the whole split; ``quantize``: scores after a uint8 round-trip of the
+            adversarial images). Runs in this process on ``device``; the command also runs on several (DDP).
         device: where the model and images go (default: the model's device).
         progress: a tqdm bar advanced once per attacked batch (None: silent).
 
@@ -114,7 +117,7 @@ def evaluate_model(model: nn.Module, datamodule: Any, attacks: Sequence[AttackSp
     built, sections = _attacks(attacks)
     ev = OmegaConf.structured(AttackEvalConfig(split=split, num_images=num_images, batch_size=batch_size, target=target,
                                                target_params=dict(target_params or {}), target_base=target_base,
-                                               seed=seed))
+                                               seed=seed, quantize=quantize))
     cfg = OmegaConf.create({"attack_eval": ev})
     net = evaluated.net
     device = torch.device(device) if device is not None else _device(net)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from lightning_seg.attacks import AttackResult, is_targeted
 from lightning_seg.attacks.targets import make_target
+from lightning_seg.evaluation import units
 from lightning_seg.evaluation.clinical import CALLBACK_KEYS, callback_values
 from lightning_seg.evaluation.inference import on_grid, predict, run_attack
 from lightning_seg.evaluation.robustness import robust_sweep
@@ -17,12 +18,15 @@ from lightning_seg.metrics.clinical import CLINICAL_TASK
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 
-BASE_KEYS = ("success", "iou", "pixel_acc", "l2", "linf")
+# the units of the attack command's reports (lightning_seg.evaluation.units): success as a percentage, Linf and RMS x255,
+# L2 in [0,1] units
+BASE_KEYS = (units.SUCCESS_PCT, "iou", "pixel_acc", units.L2, units.LINF, units.RMS)
 
 
 def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, task: Task, target: str, *,
                  valid: Tensor | None = None, sizes: Tensor | None = None) -> tuple[AttackResult, dict[str, Tensor]] | None:
-    """Attack one batch; per-image values: success, IoU / pixel accuracy vs the reference, L2, Linf, the
+    """Attack one batch; per-image values: success (0 or 100: its mean is the success rate in percent), IoU / pixel
+    accuracy vs the reference, L2 ([0,1] units), Linf and RMS (x255), the
     robust Dice of the adversarial prediction vs the ground truth per structure, and the clinical read-outs
     ``clin_*`` (:func:`lightning_seg.evaluation.clinical.callback_values`: vCDR and screening flips for disc_cup, shape
     changes for lesion / disc; may be NaN, which :class:`PerImageMeans` skips). For attacks that deform the
@@ -36,7 +40,9 @@ def attack_batch(attack: Any, net: nn.Module, images: Tensor, labels: Tensor, ta
     else:
         reference = labels
     result = run_attack(attack, net, images, reference, valid)
-    values = {k: getattr(result, k).double() for k in BASE_KEYS}
+    values = {units.SUCCESS_PCT: 100.0 * result.success.double(), "iou": result.iou.double(),
+              "pixel_acc": result.pixel_acc.double(), units.L2: result.l2.double(),
+              units.LINF: units.X255 * result.linf.double(), units.RMS: units.X255 * result.rms.double()}
     gt = result.extras.get("adv_labels", labels)
     dice = per_image_dice(result.pred, gt, task, None if valid is None else on_grid(valid, gt))
     for j, name in enumerate(task.structure_names):

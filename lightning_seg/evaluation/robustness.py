@@ -6,11 +6,16 @@ the ground truth; the validation callback, the defense report's sanity checks an
 robustness curve all use it. Curve rows: checkpoint x attack x eps, means over images; eps = 0 is the clean model;
 the budget as ``eps_x255`` (units of :mod:`lightning_seg.evaluation.units`), Dice and IoU in [0,1].
 Written as ``robustness.csv``, ``robustness.md`` and ``robustness.png``.
+
+The sanity checks of robust evaluations (Carlini et al. 2019) are pure functions here (:func:`check_monotone`,
+:func:`check_effort`, :func:`check_worst_case`, :func:`check_transfer_dice`, :func:`check_black_box`,
+:func:`check_unbounded`): each takes measured numbers and returns its violations, so the reports flag them and the
+tests feed them violating numbers.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +26,7 @@ from torch import Tensor, nn
 from lightning_seg.attacks import attack_defaults, bind_task, build_named_attack, default_alpha, per_image_iou
 from lightning_seg.evaluation import units
 from lightning_seg.evaluation.inference import attack_batches, on_grid, predict
-from lightning_seg.io import atomic_write, write_csv, write_text
+from lightning_seg.io import write_csv, write_figure, write_text
 from lightning_seg.metrics.segmentation import per_image_dice
 from lightning_seg.tasks import Task
 from lightning_seg.training.checkpoint import load_module
@@ -57,8 +62,9 @@ def robust_sweep(net: nn.Module, images: Tensor, labels: Tensor, task: Task, eps
     padding neither perturbed nor scored (:func:`lightning_seg.evaluation.inference.run_attack`)."""
     out = []
     registered = dict((sections or {}).get(attack, {})).get("name", attack)
-    # APGD / SEA (alpha None) adapt their own step from 2 eps; a fixed PGD step would only weaken them
-    own_step = attack_defaults(registered).get("alpha", 0.0) is None
+    # APGD / SEA (alpha None) adapt their own step from 2 eps; a fixed PGD step would only weaken them; Square has no
+    # step (its steps are queries)
+    own_step = attack_defaults(registered).get("alpha", None) is None
     for eps in eps_values:
         step = {} if own_step else {"alpha": default_alpha(eps, steps)}
         atk = bind_task(build_named_attack(attack, sections, eps=eps, steps=steps, targeted=False, **step), task)
@@ -110,12 +116,70 @@ def model_kind(module: Any) -> str:
 
 def check_monotone(points: list[tuple[float, float]], tol: float = NOISE_TOL) -> list[str]:
     """Violations of 'robust Dice does not rise with the budget' in ``[(eps, dice), ...]``."""
+    return _rises(points, tol, lambda eps: f"at eps {eps * 255:g}/255")
+
+
+# ----------------------------------------------------------------------------- sanity checks (pure functions)
+# After Carlini et al., "On Evaluating Adversarial Robustness" (2019): each check takes measured numbers and returns a
+# list of violations (empty = ok), so that reports can flag them and tests can feed them violating numbers. Dice is
+# the robust Dice vs the ground truth under untargeted attacks (lower = stronger attack); ``tol`` absorbs the noise of
+# random starts and of means over few images.
+UNBOUNDED_MAX_DICE = 0.1  # "close to 0": an unbounded attack leaves at most this mean Dice
+
+
+def check_effort(points: Sequence[tuple[float, float]], what: str = "iterations", tol: float = NOISE_TOL) -> list[str]:
+    """Violations of 'more effort does not raise robust Dice' in ``[(effort, dice)]`` (effort: iterations, restarts
+    or queries; any order). A rise means the attack's output is not its best iterate or its steps are noise."""
+    return _rises(points, tol, lambda n: f"with {n:g} {what}", lambda n: f"with {n:g}")
+
+
+def _rises(points: Sequence[tuple[float, float]], tol: float, first: Any, second: Any = None) -> list[str]:
+    """Each step of ``points`` (sorted by x) where the Dice rises by more than ``tol``, named by ``first`` / ``second``
+    (x -> text; ``second`` defaults to ``first``)."""
+    second = second or first
+    return [f"Dice rises from {d0:.3f} {first(x0)} to {d1:.3f} {second(x1)}"
+            for (x0, d0), (x1, d1) in itertools.pairwise(sorted(points)) if d1 > d0 + tol]
+
+
+def check_worst_case(worst: float | Tensor, members: dict[str, float | Tensor], tol: float = 1e-6) -> list[str]:
+    """Violations of 'the ensemble's worst case is at most each member's Dice' (floats: means; tensors: per image,
+    NaN = the member did not run for that image). Exact by construction, so the default tolerance is float noise."""
     out = []
-    pts = sorted(points)
-    for (e0, d0), (e1, d1) in zip(pts, pts[1:]):
-        if d1 > d0 + tol:
-            out.append(f"Dice rises from {d0:.3f} at eps {e0 * 255:g}/255 to {d1:.3f} at {e1 * 255:g}/255")
+    for name, dice in members.items():
+        if isinstance(worst, Tensor) or isinstance(dice, Tensor):
+            w, d = torch.as_tensor(worst, dtype=torch.float64), torch.as_tensor(dice, dtype=torch.float64)
+            bad = (w > d + tol) & ~torch.isnan(d)
+            if bool(bad.any()):
+                out.append(f"worst case above member {name} on {int(bad.sum())} image(s) "
+                           f"(max excess {float((w - d)[bad].max()):.3f})")
+        elif worst > dice + tol:
+            out.append(f"worst case {worst:.3f} above member {name} ({dice:.3f})")
     return out
+
+
+def check_not_stronger(white_box: float, other: float, what: str, tol: float = NOISE_TOL) -> list[str]:
+    """Violation of 'a weaker threat model (``what``: transfer, black-box) is not stronger than the white-box attack':
+    ``other`` (its Dice) below ``white_box`` (the white-box Dice) by more than ``tol``. A white-box attacker could
+    submit the other attack's images, so this means the white-box attack is too weak (masked gradients, too few
+    steps), not that the model is robust."""
+    if other < white_box - tol:
+        return [f"{what} stronger than white-box (Dice {other:.3f} < {white_box:.3f})"]
+    return []
+
+
+def check_transfer_dice(white_box: float, transfer: float, tol: float = NOISE_TOL) -> list[str]:
+    """Transfer from the undefended model is not stronger than white-box (:func:`check_not_stronger`)."""
+    return check_not_stronger(white_box, transfer, "transfer", tol)
+
+
+def check_black_box(white_box: float, black_box: float, tol: float = NOISE_TOL) -> list[str]:
+    """A query-based black-box attack (Square) is not stronger than white-box (:func:`check_not_stronger`)."""
+    return check_not_stronger(white_box, black_box, "black-box (Square)", tol)
+
+
+def check_unbounded(dice: float, limit: float = UNBOUNDED_MAX_DICE) -> list[str]:
+    """Violation of 'an unbounded attack drives Dice close to 0' (at most ``limit``)."""
+    return [] if dice <= limit else [f"unbounded adaptive attack leaves Dice {dice:.3f} > {limit}"]
 
 
 def flag_monotone(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,7 +192,7 @@ def flag_monotone(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for attack in dict.fromkeys(r["attack"] for r in rows if r["checkpoint"] == ckpt and r["attack"] != "clean"):
             points = (r for r in rows if r["checkpoint"] == ckpt and r["attack"] == attack)
             curve = clean + sorted(points, key=lambda r: r[units.EPS])
-            for prev, row in zip(curve, curve[1:]):
+            for prev, row in itertools.pairwise(curve):
                 points = [(prev[units.EPS] / units.X255, prev["dice"]), (row[units.EPS] / units.X255, row["dice"])]
                 problems = check_monotone(points)
                 row["check"] = "WARN: " + "; ".join(problems) if problems else ""
@@ -214,12 +278,7 @@ def plot_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)
-    return path
+    return write_figure(path, fig)
 
 
 def _eps_x255(row: dict[str, Any]) -> float:
@@ -230,5 +289,6 @@ def _eps_x255(row: dict[str, Any]) -> float:
     raise KeyError("eps_x255")
 
 
-__all__ = ["NOISE_TOL", "RobustScores", "check_monotone", "flag_monotone", "plot_curve", "robust_sweep",
+__all__ = ["NOISE_TOL", "UNBOUNDED_MAX_DICE", "RobustScores", "check_black_box", "check_effort", "check_monotone",
+           "check_not_stronger", "check_transfer_dice", "check_unbounded", "check_worst_case", "flag_monotone", "plot_curve", "robust_sweep",
            "robustness_sweep", "robustness_table", "score_prediction", "write_robustness"]

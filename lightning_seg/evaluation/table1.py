@@ -60,7 +60,20 @@ def summarise_method(name: str, targeted: bool, rows: list[dict[str, Any]], resu
     out["seconds"] = round(seconds, 2)
     if "winner" in rows[0]:
         out["winners"] = {w: sum(r["winner"] == w for r in rows) for w in dict.fromkeys(r["winner"] for r in rows)}
+        out["check"] = ensemble_check(results)
     return out
+
+
+def ensemble_check(results: list[Any]) -> str:
+    """Sanity check of an ensemble (SEA): per image, its worst-case Dice is at most every member's that ran on the
+    image; "ok" or "WARN: ..." (a violation would mean the per-image selection is broken)."""
+    from lightning_seg.evaluation.robustness import check_worst_case
+
+    worst = torch.cat([r.extras["dice"] for r in results]).cpu()
+    members = torch.cat([r.extras["member_dice"] for r in results]).cpu()
+    names = results[0].extras["members"]
+    problems = check_worst_case(worst, {f"{j}:{n}": members[:, j] for j, n in enumerate(names)})
+    return "ok" if not problems else "WARN: " + "; ".join(problems)
 
 
 def structures(summaries: list[dict[str, Any]]) -> list[str]:
@@ -90,7 +103,8 @@ def table1(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         if s.get("winners"):
             counts = ", ".join(f"{member} {n}" for member, n in s["winners"].items())
-            lines.append(f"\n{s['method']}: worst case per image came from {counts} (images per member)")
+            lines.append(f"\n{s['method']}: worst case per image came from {counts} (images per member); "
+                         f"worst case at most every member's Dice per image: {s.get('check', '-')}")
     return "\n".join(lines)
 
 

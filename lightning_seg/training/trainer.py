@@ -246,14 +246,25 @@ def use_checkpoint_artifact(run: Any, cfg: DictConfig, ckpt: Path | None) -> Any
     """Declare the evaluated checkpoint as this run's input: the artifact ``model-<fit run id>`` with the file's digest
     (the version the fit run logged), so W&B shows the lineage fit -> model -> validate / attack. Online this is
     ``run.use_artifact``; offline wandb refuses use_artifact, so the same record (an artifact used after commit) is
-    written through the call use_artifact makes internally, and ``wandb sync`` uploads it as a use."""
+    written through the call use_artifact makes internally (``run._log_artifact``, wandb 0.17 to 0.31), and ``wandb
+    sync`` uploads it as a use. That call is wandb's internal API: where a wandb release lacks it or changed it, the
+    checkpoint's artifact name and digest go into the run's config (``input_checkpoint``) with one line saying so."""
     if run is None or ckpt is None or not cfg.logger.get("log_checkpoints", True) or not Path(ckpt).is_file():
         return None
     artifact = checkpoint_artifact(Path(ckpt))
     alias = [Path(ckpt).stem] if Path(ckpt).stem in ("best", "last") else []
     if not run.settings._offline:
         return run.use_artifact(artifact, aliases=alias)
-    return run._log_artifact(artifact, aliases=alias, is_user_created=True, use_after_commit=True)
+    record = getattr(run, "_log_artifact", None)  # wandb's own internal call: not a public API, so it may go away
+    try:
+        return record(artifact, aliases=alias, is_user_created=True, use_after_commit=True)
+    except TypeError:  # record is None, or its signature changed in another wandb release
+        # the lineage then lives in the config only: the artifact name and digest, for a later `use_artifact` by hand
+        run.config.update({"input_checkpoint": {"artifact": artifact.name, "digest": artifact.digest,
+                                                "path": str(ckpt)}}, allow_val_change=True)
+        print(f"W&B: this wandb release has no offline artifact use; the checkpoint {artifact.name} is recorded in the "
+              "run's config (input_checkpoint), not as lineage", flush=True)
+        return None
 
 
 def _wandb_logger_class() -> type:
