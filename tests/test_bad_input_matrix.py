@@ -258,6 +258,7 @@ def _left(before: dict[str, str], after: dict[str, str]) -> list[str]:
 def _normalise(text: str, box: Sandbox) -> str:
     text = text.replace(str(box.root.resolve()), "<tmp>").replace(str(box.root), "<tmp>")
     text = re.sub(r"\d{8}-\d{6}(-\d+)?", "<time>", text)
+    text = re.sub(r"(shards/\w+)-[0-9a-f]{12}", r"\1-<fingerprint>", text)  # covers the checkpoint's path
     return text
 
 

@@ -173,7 +173,8 @@ def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path | None, inputs:
     write_attack_results(run_dir, result, done.rows, header)
     logger.finish(done.summaries, done.rows)
     if not_run:
-        raise KeyboardInterrupt(f"partial results in {run_dir}")
+        raise KeyboardInterrupt(f"partial results in {run_dir} (attack_eval.resume={run_dir} attacks the images "
+                                f"still missing)")
     return result
 
 

@@ -134,12 +134,21 @@ def quantize_result(attack: Any, net: nn.Module, images: Tensor, reference: Tens
 
 
 def result_state(result: AttackResult) -> dict[str, Any]:
-    """``result`` as plain tensors, lists and numbers, on the CPU (``torch.load(weights_only=True)`` reads it back)."""
+    """``result`` as plain tensors, lists and numbers, on the CPU (``torch.load(weights_only=True)`` reads it back).
+    Extras that are objects (the synthesis attack's ``transform``, a module of its own) are left out: a shard file
+    must never need code to be read, and the reports use only the plain extras."""
     def plain(v: Any) -> Any:
         return v.detach().cpu() if isinstance(v, Tensor) else v
 
+    def is_plain(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(is_plain(x) for x in v)
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and is_plain(x) for k, x in v.items())
+        return v is None or isinstance(v, (Tensor, bool, int, float, str))
+
     fields = {f.name: plain(getattr(result, f.name)) for f in dataclasses.fields(result) if f.name != "extras"}
-    return {"fields": fields, "extras": {k: plain(v) for k, v in result.extras.items()}}
+    return {"fields": fields, "extras": {k: plain(v) for k, v in result.extras.items() if is_plain(v)}}
 
 
 def result_from_state(state: dict[str, Any]) -> AttackResult:
