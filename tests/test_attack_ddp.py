@@ -101,8 +101,12 @@ def test_a_rerun_on_the_folder_attacks_only_the_missing_images(ckpt: Path, tmp_p
     _same_rows(_rows(run), reference, tol=0)
 
     calls.clear()
-    _attack(ckpt, tmp_path / "again", f"attack_eval.resume={run}", "attack.pgd.steps=4")  # other settings: redone
-    assert calls == [("pgd", 4)] * 3
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    from lightning_seg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"attack\.pgd\.steps: 3 in the run, 4 now"):  # another run's settings
+        _attack(ckpt, tmp_path / "again", f"attack_eval.resume={run}", "attack.pgd.steps=4")
+    assert calls == [] and {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_resume_needs_an_attack_run_folder(ckpt: Path, tmp_path: Path):

@@ -75,6 +75,11 @@ def halving(increases: Tensor, window: int, halved_last: Tensor, fmax: Tensor, f
 Objective = Callable[[Tensor, int], Tensor]
 
 
+def lex_better(primary: Tensor, secondary: Tensor, best_p: Tensor, best_s: Tensor) -> Tensor:
+    """Per image, whether ``(primary, secondary)`` is strictly lower than ``(best_p, best_s)`` (lexicographic)."""
+    return (primary < best_p) | ((primary == best_p) & (secondary < best_s))
+
+
 @dataclass
 class Best:
     """Per-image output iterate: lowest ``(primary, secondary)`` so far (lexicographic)."""
@@ -90,7 +95,7 @@ class Best:
 
     def offer(self, delta: Tensor, primary: Tensor, secondary: Tensor) -> Tensor:
         """Keep ``delta`` where it is strictly better; returns the images where it was (bool [B])."""
-        better = (primary < self.primary) | ((primary == self.primary) & (secondary < self.secondary))
+        better = lex_better(primary, secondary, self.primary, self.secondary)
         self.delta = torch.where(per_image(better), delta, self.delta)
         self.primary = torch.where(better, primary, self.primary)
         self.secondary = torch.where(better, secondary, self.secondary)

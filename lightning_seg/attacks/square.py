@@ -29,12 +29,13 @@ Cost: one forward per active image and query, plus the start and the final forwa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_seg.attacks._common import check_inputs, check_output, finish, per_image, project_box
-from lightning_seg.attacks.apgd import make_objective, quality
+from lightning_seg.attacks.apgd import lex_better, make_objective, quality
 from lightning_seg.attacks.guard import attack_guard
 from lightning_seg.attacks.result import AttackResult
 from lightning_seg.attacks.seg_losses import Loss
@@ -55,11 +56,6 @@ def window_side(p: float, height: int, width: int) -> int:
     """Side of the square window changing a share ``p`` of the pixels, in [1, min(H, W) - 1] (1 for tiny images)."""
     side = round(math.sqrt(p * height * width))
     return max(1, min(side, min(height, width) - 1))
-
-
-def _better(primary: Tensor, secondary: Tensor, best_p: Tensor, best_s: Tensor) -> Tensor:
-    """Lower (primary, secondary) lexicographically: the candidate is kept (bool [B])."""
-    return (primary < best_p) | ((primary == best_p) & (secondary < best_s))
 
 
 def square(
@@ -102,36 +98,40 @@ def square(
     done_at = -1.0 if targeted else 0.0  # primary at which an image is finished: Dice 0, or Dice 1 to the target
 
     with attack_guard(model) as ctx:
-        def score(x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-            """(primary, secondary) of ``x`` for the images ``rows``: lower is better for the attacker."""
+        def score(x: Tensor, rows: Tensor, f_rows: Any) -> tuple[Tensor, Tensor]:
+            """(primary, secondary) of ``x`` for the images ``rows`` (``f_rows``: their objective): lower is better
+            for the attacker."""
             with torch.no_grad():
                 z = ctx.forward(x)
                 check_output(z, lab)
                 primary, _ = quality(z, lab[rows], cnt[rows], targeted, structures)
-                f = objective_rows(z, rows)
+                f = f_rows(z, 1)
             return primary, -f
 
-        def objective_rows(z: Tensor, rows: Tensor) -> Tensor:
+        def objective_of(rows: Tensor) -> Any:
+            """The tie-breaking objective of the images ``rows`` (built again only when the batch shrinks)."""
             if rows.numel() == B:
-                return objective(z, 1)
-            sub = make_objective(loss, lab[rows], cnt[rows], targeted=targeted, steps=max(steps, 1),
-                                 class_weights=None, structures=structures)
-            return sub(z, 1)
+                return objective
+            return make_objective(loss, lab[rows], cnt[rows], targeted=targeted, steps=max(steps, 1),
+                                  class_weights=None, structures=structures)
 
         # vertical stripes: one sign per (image, channel, column)
         signs = torch.randint(0, 2, (B, C, 1, W), generator=generator, device=dev).to(x0.dtype) * 2 - 1
         delta = project_box(x0, (eps * signs).expand(B, C, H, W), pm)
         everyone = torch.arange(B, device=dev)
-        best_p, best_s = score(x0 + delta, everyone)
+        best_p, best_s = score(x0 + delta, everyone, objective)
+        f_idx = objective
         queries = torch.ones(B, dtype=torch.long, device=dev)
         idx = everyone
         rows_h = torch.arange(H, device=dev).view(1, 1, H, 1)
         rows_w = torch.arange(W, device=dev).view(1, 1, 1, W)
         for i in range(steps if eps > 0 else 0):
             if i % check_every == 0:  # shrink to the unfinished images (one host sync per check)
-                idx = idx[best_p[idx] > done_at]
-                if idx.numel() == 0:
+                kept = idx[best_p[idx] > done_at]
+                if kept.numel() == 0:
                     break
+                if kept.numel() != idx.numel():
+                    idx, f_idx = kept, objective_of(kept)
             n = idx.numel()
             side = window_side(p_schedule(p_init, i, steps), H, W)
             top = torch.randint(0, H - side + 1, (n,), generator=generator, device=dev).view(n, 1, 1, 1)
@@ -140,8 +140,8 @@ def square(
             vertex = torch.randint(0, 2, (n, C, 1, 1), generator=generator, device=dev).to(x0.dtype) * 2 - 1
             xs = x0[idx]
             cand = project_box(xs, torch.where(window, eps * vertex, delta[idx]), None if pm is None else pm[idx])
-            p_new, s_new = score(xs + cand, idx)
-            keep = _better(p_new, s_new, best_p[idx], best_s[idx])
+            p_new, s_new = score(xs + cand, idx, f_idx)
+            keep = lex_better(p_new, s_new, best_p[idx], best_s[idx])
             delta[idx] = torch.where(per_image(keep), cand, delta[idx])
             best_p[idx] = torch.where(keep, p_new, best_p[idx])
             best_s[idx] = torch.where(keep, s_new, best_s[idx])

@@ -108,6 +108,30 @@ def _check_request(cfg: DictConfig) -> None:
     if resume and not (Path(resume).expanduser() / "config.yaml").is_file():
         raise ConfigError(f"attack_eval.resume={resume} is not an attack run folder (no config.yaml in it): give the "
                           "folder of the attack run to continue")
+    if resume:
+        _check_same_run(cfg, Path(resume).expanduser())
+
+
+# what a resumed attack run may change: where and how it runs, not what it computes
+RESUME_MAY_CHANGE = ("trainer.", "logger.", "attack_eval.resume", "data.num_workers", "data.cache", "data.cache_dir")
+
+
+def _check_same_run(cfg: DictConfig, run_dir: Path) -> None:
+    """A resume continues the run of ``run_dir``: the same attacks, data, checkpoint and evaluation settings as its
+    ``config.yaml`` (else the new results would replace the run's report while its finished shards stay behind)."""
+    from lightning_seg.commands.resume import config_differences
+
+    stored = to_plain(OmegaConf.load(run_dir / "config.yaml"))
+    requested = OmegaConf.to_container(cfg, resolve=True)
+    diffs = {k: v for k, v in config_differences(stored, requested).items() if not k.startswith(RESUME_MAY_CHANGE)}
+    for key in ("ckpt", "weights"):
+        if stored.get("run", {}).get(key) != requested["run"].get(key):
+            diffs[f"run.{key}"] = (stored.get("run", {}).get(key), requested["run"].get(key))
+    if diffs:
+        shown = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in list(diffs.items())[:3])
+        raise ConfigError(f"attack_eval.resume={run_dir} continues that run with its own settings, but {shown}"
+                          f"{' (and more)' if len(diffs) > 3 else ''}: repeat the run's settings (its config.yaml) or "
+                          "drop attack_eval.resume for a new run folder")
 
 
 def _attack(cfg: DictConfig, attacks: dict[str, Any], ckpt: Path | None, inputs: AttackInputs,
