@@ -16,8 +16,9 @@ derangement of the ``attack`` command), one process. Three attacks:
 adv_lib runs for ``--budget`` iterations (it has no early stop). A wrapper around the model records, at every
 forward adv_lib makes, each image's IoU against its target, the L2 of its perturbation and the time, so that the
 iteration and wall time at which each image first reaches IoU >= 0.95 and its size there are known. Reported per
-attack: success at fixed budgets, median iterations to the target, wall time until every image that gets there
-has got there (the project: the whole call, refinement included), mean RMS (x255) on the images both reach (adv_lib:
+attack: success at fixed budgets, median iterations to the target, wall time and passes (forward + backward of one
+image; adv_lib runs the whole batch until its last image gets there) until every image that gets there has got
+there (the project: the whole call, shrink phase and refinement included), mean RMS (x255) on the images both reach (adv_lib:
 at its first iterate with IoU >= 0.95, and the smallest over its iterates with IoU >= 0.95 within the budget).
 
 adv_lib is an optional benchmark dependency (``pip install --no-deps adv_lib==0.2.8``). Its package imports visdom
@@ -115,7 +116,9 @@ def adv_lib_stats(rec: Recorder, numel: int, budgets: list[int]) -> dict:
             rms_min[i] = l2[hit[:, i], i].min() / numel ** 0.5 * 255
     t_all = max((rec.t[int(first[i])] for i in range(B) if reached[i]), default=float("nan"))
     iters = [int(first[i]) + 1 for i in range(B) if reached[i]]  # iterations done when the hit is seen
-    return {"reached": reached, "iters": iters, "time": t_all, "rms_first": rms_first, "rms_min": rms_min,
+    # one forward + one backward of the whole batch per iteration, until the last image that gets there has got there
+    passes = B * max(iters, default=0)
+    return {"reached": reached, "iters": iters, "time": t_all, "passes": passes, "rms_first": rms_first, "rms_min": rms_min,
             "at": {b: int(((first >= 0) & (first < b)).sum()) for b in budgets}}
 
 
@@ -168,6 +171,9 @@ def main() -> None:
     # steps before each image first reached the target (the shrink phase after it is in res.iterations)
     proj_iters = res.extras.get("iterations_to_target", res.iterations).cpu()
     proj_rms = (res.l2.cpu() / numel ** 0.5 * 255)
+    # load-independent cost: a forward-only pass (bisection, the final evaluation) costs about a third of a
+    # forward + backward
+    proj_cost = res.backwards + (res.forwards - res.backwards) / 3
     print(f"\nproject asma {kw or '(defaults)'}: {int(ok.sum())}/{B} at IoU >= {THRESHOLD} in {t_proj:.1f} s, "
           f"median {statistics.median(proj_iters[ok].tolist()) if ok.any() else float('nan')} iterations to the "
           f"target ({statistics.median(res.iterations.cpu()[ok].tolist()) if ok.any() else float('nan')} with the "
@@ -204,6 +210,8 @@ def main() -> None:
         print(f"  median iterations to IoU {THRESHOLD}: adv_lib {med}, project {med_p} (images both reach)")
         print(f"  wall time to the target (all that reach it): adv_lib {st['time']:.1f} s, project {t_proj:.1f} s "
               f"(whole call) -> project {proj_time_ratio:.2f}x faster")
+        print(f"  passes to the target (forward + backward of one image; a forward alone counts 1/3): adv_lib "
+              f"{st['passes']}, project {proj_cost:.0f} (whole call) -> project {st['passes'] / proj_cost:.2f}x fewer")
         if both.any():
             pr, af, am = proj_rms[both].mean(), st["rms_first"][both].mean(), st["rms_min"][both].mean()
             print(f"  mean RMS (x255) on the {int(both.sum())} images both reach: project {pr:.2f}, adv_lib at first hit "

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from lightning_seg.attacks import asma, ssm
+from lightning_seg.attacks.asma import _shrink_radius
+from tests.helpers.toy_models import minimal_norms
 from tests.test_attacks_linear import make
 
 
@@ -86,3 +88,32 @@ def test_batch_equals_single_images_with_shrink_refine_and_stall():
         one = asma(model, x[i:i + 1], ones(1), perturbation_mask=pm[i:i + 1], **kw)
         torch.testing.assert_close(one.adv[0], res.adv[i])
         assert int(one.iterations[0]) == int(res.iterations[i])
+
+
+def test_shrink_phase_brings_an_overshooting_step_back_to_the_minimal_norm():
+    """Large normalized steps cross the target far beyond the minimal perturbation; the shrink phase (a shrinking L2
+    sphere, DDN's rule) walks back along the boundary to within a few percent of the closed-form optimum."""
+    model, x = make(4, seed=5)
+    target = ones(4)
+    with torch.no_grad():
+        wrong = model(x).argmax(1) != target
+    opt, _ = minimal_norms(model, x, wrong)
+    kw = {"step_size": 0.3, "iou_threshold": 1.0, "refine_steps": 0}
+    overshoot = asma(model, x, target, shrink_steps=0, **kw)
+    shrunk = asma(model, x, target, shrink_steps=40, **kw)
+    assert overshoot.success.all() and shrunk.success.all()
+    assert (overshoot.l2 > 1.3 * opt).any()
+    assert (shrunk.l2 <= 1.1 * opt + 1e-6).all(), (shrunk.l2, opt)
+    assert (shrunk.l2 >= 0.999 * opt).all()
+
+
+def test_shrink_radius_follows_ddns_rule():
+    """Starts at the perturbation's L2 at the first success, then x (1 - shrink) on target and x (1 + shrink) off it;
+    images not yet on target keep their radius."""
+    l2 = torch.tensor([2.0, 2.0, 2.0, 2.0])
+    radius = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    on = torch.tensor([True, True, False, False])
+    reached = torch.tensor([True, True, True, False])
+    newly = torch.tensor([True, False, False, False])
+    r = _shrink_radius(l2, radius, on, reached, newly, 0.1)
+    torch.testing.assert_close(r, torch.tensor([2.0, 0.9, 1.1, 1.0]))

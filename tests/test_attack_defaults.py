@@ -80,7 +80,7 @@ def test_a_mismatching_attack_fails_the_check():
 
 def test_asma_defaults_are_the_project_schedule_and_the_paper_stays_available():
     d = function_defaults((asma,))
-    assert (d["step"], d["max_iter"], d["iou_threshold"], d["paper_exact"]) == ("relative", 500, 0.95, False)
+    assert (d["step"], d["max_iter"], d["iou_threshold"], d["paper_exact"]) == ("normalized", 500, 0.95, False)
     assert function_defaults((asm,))["dynamic_multiplier"] is False and function_defaults((asm,))["adaptive_mask"]
     assert not function_defaults((ssm,))["adaptive_mask"] and not function_defaults((ssm,))["dynamic_multiplier"]
     paper = to_plain(compose(["attack=asma_paper", "logger=none"]).attack)["asma_paper"]

@@ -12,7 +12,7 @@ import pytest
 from lightning_seg.cli import main
 from lightning_seg.commands.fit import fit
 from lightning_seg.config import compose
-from tests.helpers.interrupts import ctrl_c_at
+from tests.helpers.interrupts import ctrl_c_at, sigterm_at
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +74,23 @@ def test_ctrl_c_while_loading_leaves_no_run_folder(ckpt: Path, tmp_path: Path, m
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
     assert not (tmp_path / "attack").exists()
+
+
+def test_sigterm_stops_after_the_current_batch_and_the_run_resumes(ckpt: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """SLURM's SIGTERM (preemption, scancel) stops the attack after the batch it is on, like a Ctrl-C: partial report,
+    exit 130, the resume hint; a resume attacks only the images without a file."""
+    argv = [*_argv(ckpt, tmp_path), "attack_eval.batch_size=2"]
+    calls = sigterm_at(monkeypatch, "dag")
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    run = _only_run(tmp_path)
+    assert "Traceback" not in err and f"attack_eval.resume={run}" in err
+    assert len(calls) == 1  # the batch in flight finished; the second batch of dag was not started
+    results = json.loads((run / "results.json").read_text())
+    assert results["partial"] is True and "dag" in results["not_run"]
+    monkeypatch.undo()
+    calls = sigterm_at(monkeypatch, "never")  # count nothing, send nothing: a plain resume
+    assert main([*argv, f"attack_eval.resume={run}"]) == 0
+    rows = list(csv.DictReader((run / "per_image.csv").open()))
+    assert sorted(r["method"] for r in rows) == ["dag"] * 4 + ["pgd"] * 4

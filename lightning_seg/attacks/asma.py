@@ -36,10 +36,13 @@ Per-image budget of the efficient schedule (all per image, all tensor operations
 
 * early stop at ``iou_threshold``; finished images are frozen and leave the forward at the next check
   (``check_every`` = 2: at most one wasted forward per image, one host sync per two iterations);
-* shrink phase (``shrink_steps``, ``shrink``): after an image first reaches the threshold it runs a few more
-  iterations in which delta decays by the factor ``1 - shrink`` while the ASM step repairs the pixels that fall
-  back. The paper's L2 term does the same but at a rate of 2 mu per step, i.e. about 1e-6 of delta per iteration
-  with its constants (negligible);
+* shrink phase (``shrink_steps``, ``shrink``, ``shrink_step``): after an image first reaches the threshold it runs
+  a few more iterations on an L2 sphere, with the norm and the direction decoupled as in DDN (Rony et al., CVPR
+  2019, Algorithm 1): the radius starts at the perturbation's L2 and shrinks by ``1 - shrink`` while the image
+  stays on target (grows by ``1 + shrink`` when it falls off); each iteration takes a step of length
+  ``shrink_step * radius`` along the ASMA gradient, which repairs the pixels that fell off, and projects back onto
+  the sphere. The paper's L2 term pulls towards 0 too, but at a rate of 2 mu per step, i.e. about 1e-6 of delta
+  per iteration with its constants (negligible);
 * ``return_best``: the smallest-L2 iterate that reached the success threshold is returned (the final iterate when
   none did);
 * refinement (``refine_steps``): a forward-only bisection on the scale a in [0, 1] of each successful perturbation,
@@ -58,17 +61,19 @@ the paper's values (1e-7 / 1e-6 over 2501 iterations) are tuned to its own model
 others. Two scale-free alternatives, both keeping the DPM's relative growth (up to
 (beta + tau) / tau) and per image:
 
-* ``step="relative"`` (project default): ``step_size * (mu_i / tau) * g_i / ||g_i^(0)||_2``, i.e.
-  the paper's raw-gradient schedule with tau calibrated per image so that the first step has
-  L2 length ``step_size``. Later steps keep the raw gradient's magnitude, which shrinks as the
-  adaptive mask empties (fewer wrong pixels contribute to Eq. 2); that is what keeps the
-  final perturbation small.
-* ``step="normalized"``: ``step_size * (mu_i / tau) * g_i / ||g_i||_2``: every step has length
-  ``step_size`` at IoU 0, however few pixels are still wrong, so it overshoots more near the
-  target than ``relative``.
+* ``step="normalized"`` (project default): ``step_size * (mu_i / tau) * g_i / ||g_i||_2``: every
+  step has length ``step_size`` times the DPM's factor 1 + (beta / tau) IoU, however few pixels are
+  still wrong. The last few wrong pixels (the boundary of the target) keep getting full-length
+  steps, so the target is reached in fewer iterations than with ``relative``; the overshoot this
+  causes is what the shrink phase removes.
+* ``step="relative"``: ``step_size * (mu_i / tau) * g_i / ||g_i^(0)||_2``, i.e. the paper's
+  raw-gradient schedule with tau calibrated per image so that the first step has L2 length
+  ``step_size``. Later steps keep the raw gradient's magnitude, which shrinks as the adaptive
+  mask empties (fewer wrong pixels contribute to Eq. 2): less overshoot, but a slow approach to
+  the last pixels of the target.
 
-Defaults (those of ``attack=asma``, listed in :func:`asma`): the ``relative`` step with a per-image
-early stop. The paper's raw schedule (``step="raw"``, ``max_iter=2501``, ``iou_threshold=None``,
+Defaults (those of ``attack=asma``, listed in :func:`asma`): the ``normalized`` step with a per-image
+early stop and the shrink phase. The paper's raw schedule (``step="raw"``, ``max_iter=2501``, ``iou_threshold=None``,
 ``paper_exact=True``) is ``attack=asma_paper`` (conf/attack/asma_paper.yaml) or those keyword
 arguments.
 """
@@ -113,6 +118,22 @@ def _step(g: Tensor, mu: Tensor, step: str, step_size: float, tau: float, ref_no
     return per_image(step_size * (mu / tau) / norm) * g
 
 
+def _shrink_radius(l2: Tensor, radius: Tensor, on_target: Tensor, reached: Tensor, newly: Tensor,
+                   shrink: float) -> Tensor:
+    """The shrink phase's L2 radius per image, DDN's rule (Rony et al., CVPR 2019, Algorithm 1): it starts at the
+    perturbation's L2 at the first success, then shrinks by the factor ``1 - shrink`` while the image is on target and
+    grows by ``1 + shrink`` when it falls off, so that it settles near the smallest successful norm."""
+    r = torch.where(on_target, radius * (1 - shrink), radius * (1 + shrink))
+    return torch.where(reached, torch.where(newly, l2, r), radius)
+
+
+def _on_sphere(d: Tensor, g: Tensor, radius: Tensor, step: float) -> Tensor:
+    """One step of L2 length ``step * radius`` along the ASMA gradient (it repairs the pixels that fell off the target),
+    then back onto the sphere of that radius: the norm is set by the radius, the direction by the gradient."""
+    d = d + per_image(step * radius / g.flatten(1).norm(dim=1).clamp_min(1e-12)) * g
+    return d * per_image(radius / d.flatten(1).norm(dim=1).clamp_min(1e-12))
+
+
 def _ref_norm(g: Tensor, step: str) -> Tensor | None:
     """Per-image gradient norm at the first iterate: the scale of ``step="relative"``."""
     return g.flatten(1).norm(dim=1).clamp_min(1e-12) if step == "relative" else None
@@ -137,6 +158,7 @@ class AsmaSettings:
     refine_steps: int
     shrink_steps: int
     shrink: float
+    shrink_step: float
     stall_window: int | None
     stall_gain: float
 
@@ -161,21 +183,22 @@ def asma(
     max_iter: int = 500,
     iou_threshold: float | None = 0.95,
     success_threshold: float = 0.95,
-    step: Literal["raw", "relative", "normalized"] = "relative",
+    step: Literal["raw", "relative", "normalized"] = "normalized",
     step_size: float = 0.02,
     l2_weight: float = 1.0,
     paper_exact: bool = False,
     return_best: bool = True,
     check_every: int = 2,
     shrink_steps: int = 10,
-    shrink: float = 0.03,
+    shrink: float = 0.1,
+    shrink_step: float = 0.05,
     refine_steps: int = 8,
     stall_window: int | None = 100,
     stall_gain: float = 0.01,
 ) -> AttackResult:
     """Targeted ASMA / ASM / SSM attack (Ozbulak et al. 2019, Eq. 1-3; see module docstring).
 
-    The defaults are the project's (``attack=asma``): the scale-free ``relative`` step, whose first step has L2
+    The defaults are the project's (``attack=asma``): the scale-free ``normalized`` step, whose first step has L2
     length ``step_size`` in [0,1] units, with a per-image early stop at IoU 0.95, because the paper's tau/beta are
     raw-gradient units specific to its model. The paper's schedule: ``step="raw", max_iter=2501,
     iou_threshold=None, paper_exact=True`` (``attack=asma_paper``).
@@ -202,10 +225,11 @@ def asma(
             iterate when none did).
         check_every: iterations between active-batch shrinks (one host sync each; finished images are frozen
             in between and drop out of the forward at the next check).
-        shrink_steps: after an image first reaches ``iou_threshold``, this many more iterations in which delta
-            decays by the factor ``1 - shrink`` and the ASM step repairs the pixels that fall back (0 = stop at the
-            first success); the smallest successful iterate is returned.
-        shrink: the decay per shrink iteration.
+        shrink_steps: after an image first reaches ``iou_threshold``, this many more iterations on an L2 sphere
+            whose radius shrinks while the image stays on target (DDN's rule, see the module docstring; 0 = stop at
+            the first success); the smallest successful iterate is returned.
+        shrink: the radius factor per shrink iteration: ``1 - shrink`` on target, ``1 + shrink`` off it.
+        shrink_step: the L2 length of each shrink iteration's gradient step, as a fraction of the radius.
         refine_steps: forward-only bisection steps on the scale a in [0, 1] of each successful perturbation
             (the smallest a whose x0 + a * delta still reaches the success threshold; 0 = off).
         stall_window: stop an image whose best IoU has not risen by ``stall_gain`` over the last
@@ -218,8 +242,9 @@ def asma(
     """
     if step not in ("raw", "normalized", "relative"):
         raise ValueError(f"step must be 'raw', 'normalized' or 'relative', got {step!r}")
-    if max_iter < 0 or check_every < 1 or refine_steps < 0 or shrink_steps < 0 or not 0 <= shrink < 1:
-        raise ValueError("max_iter, refine_steps and shrink_steps must be >= 0, check_every >= 1, 0 <= shrink < 1")
+    if max_iter < 0 or check_every < 1 or refine_steps < 0 or shrink_steps < 0 or not 0 <= shrink < 1 or shrink_step < 0:
+        raise ValueError("max_iter, refine_steps, shrink_steps and shrink_step must be >= 0, check_every >= 1, "
+                         "0 <= shrink < 1")
     if stall_window is not None and stall_window < 1:
         raise ValueError("stall_window must be None or >= 1")
     if paper_exact and iou_threshold is not None:
@@ -231,7 +256,8 @@ def asma(
                      max_iter=max_iter, iou_threshold=iou_threshold,
                      threshold=success_threshold if iou_threshold is None else iou_threshold, step=step,
                      step_size=step_size, l2_weight=l2_weight, return_best=return_best, check_every=check_every,
-                     refine_steps=refine_steps, shrink_steps=shrink_steps, shrink=shrink, stall_window=stall_window if iou_threshold is not None else None,
+                     refine_steps=refine_steps, shrink_steps=shrink_steps, shrink=shrink, shrink_step=shrink_step,
+                     stall_window=stall_window if iou_threshold is not None else None,
                      stall_gain=stall_gain)
     extras: dict = {
         "adaptive_mask": adaptive_mask,
@@ -270,6 +296,7 @@ def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Ten
     hit = torch.zeros(B, dtype=torch.bool, device=x0.device)  # reached the threshold at least once
     first_hit = torch.full((B,), -1, dtype=torch.long, device=x0.device)  # steps before the first success (-1: never)
     after = torch.zeros(B, dtype=torch.long, device=x0.device)  # shrink iterations done
+    radius = torch.zeros(B, device=x0.device)  # shrink phase: the L2 radius of each image's perturbation
     stalled = torch.zeros(B, dtype=torch.bool, device=x0.device)
     watch = s.stall_window is not None
     top_iou = torch.full((B,), -1.0, device=x0.device)  # best IoU so far (stall watch)
@@ -296,13 +323,16 @@ def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Ten
             ref = _ref_norm(g, s.step)
         upd = _step(g, s.multiplier(iou, k), s.step, s.step_size, s.tau, None if ref is None else active.take(ref))
         finished = iou >= s.iou_threshold if early else None
-        if shrinking:  # reached once: shrink_steps more iterations of decay + ASM repair, the smallest success kept
+        if shrinking:  # reached once: shrink_steps iterations on a shrinking L2 sphere, the smallest success kept
             reached = active.take(hit) | finished
             hit = active.put(hit, reached)
             first_hit = active.put(first_hit, torch.where(finished & (active.take(first_hit) < 0),
                                                           torch.full_like(iou, k, dtype=torch.long),
                                                           active.take(first_hit)))
-            upd = upd - per_image(s.shrink * reached.to(d.dtype)) * d
+            r = _shrink_radius(l2_norm(d), active.take(radius), iou >= s.threshold, reached,
+                               active.take(first_hit) == k, s.shrink)
+            radius = active.put(radius, r)
+            upd = torch.where(per_image(reached), _on_sphere(d, g, r, s.shrink_step) - d, upd)
             count = active.take(after) + reached.long()
             after = active.put(after, count)
             finished = (count > s.shrink_steps) | (active.take(first_hit) == 0)  # delta = 0 already on target

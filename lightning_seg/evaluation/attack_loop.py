@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -164,6 +165,10 @@ class ShardedAttacks(pl.LightningModule):
             left = self._progress.total - self._progress.done
             self._progress.update(min(len(batch) * self.trainer.world_size, left),
                                   success=f"{self._succeeded}/{self._done} (rank 0)")
+        if self.trainer.received_sigterm:
+            # SLURM preemption, scancel, a job limit: Lightning's handler only records SIGTERM and its predict loop
+            # never looks, so stop here, after this batch's file, and leave like a Ctrl-C (partial report, resume)
+            raise SIGTERMException
 
     def _start(self, k: int) -> None:
         """A progress bar (with ETA) per attack, on rank 0; closes the previous attack's."""
@@ -195,8 +200,8 @@ def run_sharded(trainer_kwargs: dict[str, Any], net: nn.Module, jobs: list[Attac
                 valid: Tensor | None, *, batch_size: int, seed: int, quantize: bool) -> int:
     """Attack every job's images left to do through a Trainer of ``trainer_kwargs``; returns this process's rank.
 
-    A Ctrl-C stays a :class:`KeyboardInterrupt` (Lightning turns it into ``sys.exit(1)`` and ignores further ones);
-    the files written so far are kept for a resume."""
+    A Ctrl-C stays a :class:`KeyboardInterrupt` (Lightning turns it into ``sys.exit(1)`` and ignores further ones), and
+    so does a SIGTERM (the attack stops after the batch it is on); the files written so far are kept for a resume."""
     for job in jobs:
         job.folder.mkdir(parents=True, exist_ok=True)
     if not any(job.todo for job in jobs):
@@ -214,6 +219,7 @@ def run_sharded(trainer_kwargs: dict[str, Any], net: nn.Module, jobs: list[Attac
         raise
     finally:
         signal.signal(signal.SIGINT, handler)
+        module._close()  # an interrupted predict never reaches on_predict_end: stop the progress bar's heartbeat
     return trainer.global_rank
 
 
