@@ -143,24 +143,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     adv_asma, adv_path = load_adv_lib_asma()
 
-    from omegaconf import OmegaConf
-
-    from lightning_seg.commands.attack import _load_inputs
-    from lightning_seg.config import compose
+    from benchmarks.checkpoint_inputs import checkpoint_inputs
 
     ckpt = Path(args.ckpt)
-    stored = OmegaConf.load(ckpt.parent.parent / "config.yaml")
-    cfg = compose(["logger=none", f"data={stored.data.name}", f"data.task={stored.data.task}",
-                   f"attack_eval.num_images={args.num_images}"])
-    inputs = _load_inputs(cfg, ckpt)
-    net = inputs.module.net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
+    inputs, net, stored = checkpoint_inputs(ckpt, args.num_images)
     x0, tgt = inputs.images, inputs.targets
     B = x0.shape[0]
     numel = x0[0].numel()
     budgets = [b for b in (25, 50, 100, 200, 300, 500) if b <= args.budget]
-    print(f"checkpoint {ckpt} ({stored.data.name}, task {stored.data.get('task', '-')}); {B} validation images "
+    print(f"checkpoint {ckpt} ({stored.name}, task {stored.get('task', '-')}); {B} validation images "
           f"{tuple(x0.shape[1:])}, targets: other image's mask; {args.threads} thread(s); adv_lib from {adv_path}")
 
     kw = {kv.split("=", 1)[0]: parse_value(kv.split("=", 1)[1]) for kv in args.set}

@@ -20,12 +20,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
+from benchmarks.checkpoint_inputs import checkpoint_inputs
 from lightning_seg.attacks import apgd
 from lightning_seg.attacks.measure import class_map, per_image_iou
-from lightning_seg.commands.attack import _load_inputs
-from lightning_seg.config import compose
 
 SUCCESS = 0.95
 
@@ -52,17 +49,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     ckpt = Path(args.ckpt)
-    stored = OmegaConf.load(ckpt.parent.parent / "config.yaml")
-    cfg = compose(["logger=none", f"data={stored.data.name}", f"data.task={stored.data.task}",
-                  f"attack_eval.num_images={args.num_images}"])
-    inputs = _load_inputs(cfg, ckpt)
-    net = inputs.module.net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
+    inputs, net, stored = checkpoint_inputs(ckpt, args.num_images)
     disc_overlap = foreground_iou(inputs.labels, inputs.targets)
     apart = (disc_overlap == 0).nonzero().squeeze(1)
     n = inputs.images.shape[0]
-    print(f"checkpoint {ckpt} (task {stored.data.task}); {n} validation images aimed at another eye's mask; "
+    print(f"checkpoint {ckpt} (task {stored.task}); {n} validation images aimed at another eye's mask; "
           f"{apart.numel()} pairs whose ground-truth discs do not touch ({100 * apart.numel() / n:.0f} %); targeted "
           f"APGD, cross-entropy, {args.steps} steps, {args.norm}")
     if apart.numel() == 0:
