@@ -117,7 +117,7 @@ def adv_lib_stats(rec: Recorder, numel: int, budgets: list[int]) -> dict:
     t_all = max((rec.t[int(first[i])] for i in range(B) if reached[i]), default=float("nan"))
     iters = [int(first[i]) + 1 for i in range(B) if reached[i]]  # iterations done when the hit is seen
     # one forward + one backward of the whole batch per iteration, until the last image that gets there has got there
-    passes = B * max(iters, default=0)
+    passes = B * max(iters) if iters else float("nan")
     return {"reached": reached, "iters": iters, "time": t_all, "passes": passes, "rms_first": rms_first, "rms_min": rms_min,
             "at": {b: int(((first >= 0) & (first < b)).sum()) for b in budgets}}
 
@@ -202,7 +202,7 @@ def main() -> None:
         print(f"  wall time to the target (all that reach it): adv_lib {st['time']:.1f} s, project {t_proj:.1f} s "
               f"(whole call) -> project {proj_time_ratio:.2f}x faster")
         print(f"  passes to the target (forward + backward of one image; a forward alone counts 1/3): adv_lib "
-              f"{st['passes']}, project {proj_cost:.0f} (whole call) -> project {st['passes'] / proj_cost:.2f}x fewer")
+              f"{st['passes']:.0f}, project {proj_cost:.0f} (whole call) -> project {st['passes'] / proj_cost:.2f}x fewer")
         if both.any():
             pr, af, am = proj_rms[both].mean(), st["rms_first"][both].mean(), st["rms_min"][both].mean()
             print(f"  mean RMS (x255) on the {int(both.sum())} images both reach: project {pr:.2f}, adv_lib at first hit "
