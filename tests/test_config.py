@@ -90,5 +90,5 @@ def test_attack_sections_hold_every_parameter_and_yaml_deviations_win():
     paper, asma = cfg.attack.asma_paper, cfg.attack.asma
     assert set(paper) == set(asma) and paper.name == "asma"
     assert (paper.max_iter, paper.iou_threshold, paper.step, paper.paper_exact) == (2501, None, "raw", True)
-    assert (asma.max_iter, asma.iou_threshold, asma.step, asma.paper_exact) == (500, 0.95, "relative", False)
+    assert (asma.max_iter, asma.iou_threshold, asma.step, asma.paper_exact) == (500, 0.95, "normalized", False)
     assert paper.tau == asma.tau and paper.beta == asma.beta
