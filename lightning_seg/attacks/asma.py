@@ -332,7 +332,8 @@ def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Ten
             r = _shrink_radius(l2_norm(d), active.take(radius), iou >= s.threshold, reached,
                                active.take(first_hit) == k, s.shrink)
             radius = active.put(radius, r)
-            upd = torch.where(per_image(reached), _on_sphere(d, g, r, s.shrink_step) - d, upd)
+            gm = g if pm is None else g * active.take(pm)  # the sphere lives where the input may change
+            upd = torch.where(per_image(reached), _on_sphere(d, gm, r, s.shrink_step) - d, upd)
             count = active.take(after) + reached.long()
             after = active.put(after, count)
             finished = (count > s.shrink_steps) | (active.take(first_hit) == 0)  # delta = 0 already on target
