@@ -190,6 +190,9 @@ def test_the_wandb_run_id_stays_with_the_run_folder(tmp_path: Path) -> None:
     (run / "wandb" / "offline-run-20260101_120000-abc123def456").mkdir(parents=True)
     (run / "wandb" / "latest-run").mkdir()
     assert _run_id(run) == "abc123def456"  # a moved or copied folder keeps the id of the run it holds
+    # a resume in the same second: wandb appends "-1" to the folder, the id stays
+    (run / "wandb" / "offline-run-20260101_120000-abc123def456-1").mkdir()
+    assert _run_id(run) == "abc123def456"
 
 
 class _CrashInEpoch(pl.Callback):

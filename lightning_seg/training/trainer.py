@@ -55,13 +55,19 @@ def adversarial_callbacks(cfg: DictConfig) -> list[Callback]:
                                   tuple(v.eps_sweep), v.sweep_steps)]
 
 
+# wandb's run folder: [offline-]run-<date>_<time>-<run id>, plus "-1", "-2", ... when a run with the same id started in
+# the same second (a quick resume)
+_WANDB_RUN_DIR = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9]+)(?:-(\d+))?")
+
+
 def _run_id(run_dir: Path) -> str:
     """The W&B run id of a run folder: derived from its path, so every rank (also ranks started independently
     by torchrun / srun) and a resumed run get the same id without coordination. A run folder that already holds a
-    W&B run (``wandb/[offline-]run-<time>-<id>``) keeps that id, also after the folder was moved or copied."""
-    earlier = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("run-", 1)[1])
+    W&B run (``wandb/[offline-]run-<time>-<id>[-<n>]``) keeps that id, also after the folder was moved or copied."""
+    earlier = sorted((m[1], int(m[3] or 0), m[2]) for p in (run_dir / "wandb").glob("*run-*")
+                     if (m := _WANDB_RUN_DIR.fullmatch(p.name)))
     if earlier:
-        return earlier[-1].name.rsplit("-", 1)[1]
+        return earlier[-1][2]
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
 
 
