@@ -329,7 +329,7 @@ def _efficient(ctx: AttackContext, x0: Tensor, tgt: Tensor, cnt: Tensor, pm: Ten
             first_hit = active.put(first_hit, torch.where(finished & (active.take(first_hit) < 0),
                                                           torch.full_like(iou, k, dtype=torch.long),
                                                           active.take(first_hit)))
-            r = _shrink_radius(l2_norm(d), active.take(radius), iou >= s.threshold, reached,
+            r = _shrink_radius(l2, active.take(radius), iou >= s.threshold, reached,  # l2: keep_best is on
                                active.take(first_hit) == k, s.shrink)
             radius = active.put(radius, r)
             gm = g if pm is None else g * active.take(pm)  # the sphere lives where the input may change
